@@ -1,0 +1,208 @@
+"""The one attention core of tfm: the kernel, the mask builders and the KV-cache update.
+
+Every attention in every model (bidirectional, causal, cross, cached decoding) calls
+`dot_product_attention`. No other softmax over attention scores exists in the package.
+
+Shapes (named once, used everywhere below):
+  q:    [batch, q_len, heads, head_dim]
+  k, v: [batch, kv_len, kv_heads, head_dim]   (heads is a multiple of kv_heads: MHA / GQA / MQA)
+  mask: bool, broadcastable to [batch, heads, q_len, kv_len]; True = may attend
+  bias: float, broadcastable to [batch, heads, q_len, kv_len]; added to the scaled scores
+
+Masks are built by the pure helpers below (`causal_mask`, `padding_mask`, `segment_mask`,
+`sliding_window_mask`, `decode_mask`) from position / segment arrays, combined with
+`combine_masks`, once at the top of a model, and passed down to every layer.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("xla", "cudnn", "reference")
+
+# A finite "minus infinity": fully masked rows (padding queries) then give a uniform
+# distribution instead of NaN, and bf16/fp32 never overflow when a bias is added.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mask builders: pure functions of positions / segments, each returning [batch, 1, q_len, kv_len]
+# ----------------------------------------------------------------------------------------------
+
+
+def causal_mask(q_positions: jax.Array, kv_positions: jax.Array) -> jax.Array:
+  """Returns [batch, 1, q_len, kv_len] bool: key position <= query position."""
+  # q_positions: [batch, q_len], kv_positions: [batch, kv_len]
+  return (kv_positions[:, None, None, :] <= q_positions[:, None, :, None])
+
+
+def padding_mask(q_valid: Optional[jax.Array], kv_valid: Optional[jax.Array]) -> jax.Array:
+  """Returns [batch, 1, q_len|1, kv_len] bool: both query and key are real tokens."""
+  # q_valid: [batch, q_len] (or None: every query is valid), kv_valid: [batch, kv_len]
+  kv = kv_valid.astype(bool)[:, None, None, :]
+  if q_valid is None:
+    return kv
+  return jnp.logical_and(q_valid.astype(bool)[:, None, :, None], kv)
+
+
+def segment_mask(q_segments: jax.Array, kv_segments: jax.Array) -> jax.Array:
+  """Returns [batch, 1, q_len, kv_len] bool: query and key belong to the same packed segment."""
+  return q_segments[:, None, :, None] == kv_segments[:, None, None, :]
+
+
+def sliding_window_mask(q_positions: jax.Array, kv_positions: jax.Array, window: int) -> jax.Array:
+  """Returns [batch, 1, q_len, kv_len] bool: |query pos - key pos| < window."""
+  dist = q_positions[:, None, :, None] - kv_positions[:, None, None, :]
+  return jnp.abs(dist) < window
+
+
+def decode_mask(cache_index: jax.Array, q_len: int, max_len: int, batch: int = 1) -> jax.Array:
+  """Returns [batch, 1, q_len, max_len] bool: cache slot s is visible to new query t iff s <= index + t."""
+  q_slots = cache_index + jnp.arange(q_len)  # [q_len]: cache slot each new query is written to
+  m = jnp.arange(max_len)[None, :] <= q_slots[:, None]  # [q_len, max_len]
+  return jnp.broadcast_to(m[None, None], (batch, 1, q_len, max_len))
+
+
+def combine_masks(*masks: Optional[jax.Array]) -> Optional[jax.Array]:
+  """Returns the logical AND of the given masks (None entries are skipped), or None if all are None."""
+  present = [m for m in masks if m is not None]
+  if not present:
+    return None
+  return functools.reduce(jnp.logical_and, present)
+
+
+# ----------------------------------------------------------------------------------------------
+# KV cache
+# ----------------------------------------------------------------------------------------------
+
+
+def update_kv_cache(cached_k: jax.Array, cached_v: jax.Array, k: jax.Array, v: jax.Array,
+                    index: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Returns the caches with k, v ([batch, t, kv_heads, head_dim]) written at slot `index` onwards."""
+  # cached_k, cached_v: [batch, max_len, kv_heads, head_dim]; index: scalar int32
+  zero = jnp.zeros((), jnp.int32)
+  start = (zero, index.astype(jnp.int32), zero, zero)
+  cached_k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), start)
+  cached_v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), start)
+  return cached_k, cached_v
+
+
+# ----------------------------------------------------------------------------------------------
+# The kernel
+# ----------------------------------------------------------------------------------------------
+
+
+def _reference_attention(q, k, v, bias, mask, scale, dropout_rate, dropout_rng, deterministic):
+  """Returns [batch, q_len, heads, head_dim]: einsum attention with a float32 softmax."""
+  b, t, h, d = q.shape
+  kv_heads = k.shape[2]
+  g = h // kv_heads
+  # Group query heads so that each kv head serves g query heads: [batch, q_len, kv_heads, g, head_dim]
+  qg = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv_heads, g, d)
+  # scores: [batch, kv_heads, g, q_len, kv_len]
+  scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+  scores = scores.reshape(b, h, t, k.shape[1])  # [batch, heads, q_len, kv_len]
+  if bias is not None:
+    scores = scores + bias.astype(jnp.float32)
+  if mask is not None:
+    scores = jnp.where(mask, scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1)  # float32, whatever the input dtype
+  if not deterministic and dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+  probs = probs.astype(v.dtype).reshape(b, kv_heads, g, t, k.shape[1])
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [batch, q_len, kv_heads, g, head_dim]
+  return out.reshape(b, t, h, d)
+
+
+def _check_shapes(q, k, v):
+  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+    raise ValueError(
+        f"attention expects q [batch, q_len, heads, head_dim] and k, v [batch, kv_len, kv_heads, "
+        f"head_dim]; got q{q.shape}, k{k.shape}, v{v.shape}")
+  if k.shape != v.shape:
+    raise ValueError(f"k and v must have the same shape; got k{k.shape}, v{v.shape}")
+  if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+    raise ValueError(f"q and k must agree on batch and head_dim; got q{q.shape}, k{k.shape}")
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(f"heads ({q.shape[2]}) must be a multiple of kv_heads ({k.shape[2]})")
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                          bias: Optional[jax.Array] = None,
+                          mask: Optional[jax.Array] = None,
+                          scale: Optional[float] = None,
+                          dropout_rate: float = 0.0,
+                          dropout_rng: Optional[jax.Array] = None,
+                          deterministic: bool = True,
+                          implementation: str = "xla") -> jax.Array:
+  """Returns softmax(q kᵀ · scale + bias, masked) v as [batch, q_len, heads, head_dim].
+
+  `implementation`: "xla" or "cudnn" route through `jax.nn.dot_product_attention` (the cudnn
+  kernel needs a GPU and fp16/bf16 inputs); "reference" is a plain einsum. Attention dropout is
+  not supported by `jax.nn.dot_product_attention`, so a step with active dropout takes the
+  einsum path whatever the switch says. The softmax is computed in float32 in every path.
+  """
+  _check_shapes(q, k, v)
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
+  if scale is None:
+    scale = q.shape[-1] ** -0.5
+  dropout_active = (not deterministic) and dropout_rate > 0.0
+  if dropout_active and dropout_rng is None:
+    raise ValueError("attention dropout is active (deterministic=False, dropout_rate > 0) but no dropout_rng was given")
+  if implementation == "reference" or dropout_active:
+    return _reference_attention(q, k, v, bias, mask, scale, dropout_rate, dropout_rng, deterministic)
+  if bias is not None:
+    bias = bias.astype(q.dtype) if implementation == "cudnn" else bias
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
+                                      implementation=implementation)
+
+
+# ----------------------------------------------------------------------------------------------
+# Composite masks: what a model builds once at its top and passes to every layer
+# ----------------------------------------------------------------------------------------------
+
+
+def self_attention_mask(q_positions: jax.Array, *, causal: bool,
+                        attention_mask: Optional[jax.Array] = None,
+                        segment_ids: Optional[jax.Array] = None,
+                        window: Optional[int] = None) -> Optional[jax.Array]:
+  """Returns the [batch, 1, len, len] bool mask of a self-attention over a full sequence (or None)."""
+  # q_positions: [batch, len] (per-segment positions when packed); attention_mask: [batch, len] 1/0
+  idx = jnp.broadcast_to(jnp.arange(q_positions.shape[1]), q_positions.shape)
+  return combine_masks(
+      causal_mask(idx, idx) if causal else None,
+      padding_mask(None, attention_mask) if attention_mask is not None else None,
+      segment_mask(segment_ids, segment_ids) if segment_ids is not None else None,
+      sliding_window_mask(q_positions, q_positions, window) if window else None,
+  )
+
+
+def cached_self_attention_mask(cache_index: jax.Array, q_positions: jax.Array, kv_positions: jax.Array, *,
+                               attention_mask: Optional[jax.Array] = None,
+                               window: Optional[int] = None) -> jax.Array:
+  """Returns the [batch, 1, q_len, max_len] bool mask of new queries over a KV cache."""
+  # q_positions: [batch, q_len]; kv_positions: [batch, max_len], the position held in each cache slot.
+  # attention_mask, when given, covers every cache slot: [batch, max_len] (1 = real token).
+  batch, q_len = q_positions.shape
+  return combine_masks(
+      decode_mask(cache_index, q_len, kv_positions.shape[1], batch),
+      padding_mask(None, attention_mask) if attention_mask is not None else None,
+      sliding_window_mask(q_positions, kv_positions, window) if window else None,
+  )
+
+
+def cross_attention_mask(q_len: int, encoder_mask: Optional[jax.Array] = None,
+                         q_segments: Optional[jax.Array] = None,
+                         kv_segments: Optional[jax.Array] = None) -> Optional[jax.Array]:
+  """Returns the [batch, 1, q_len|1, kv_len] bool mask of decoder queries over encoder keys (or None)."""
+  del q_len  # the padding part broadcasts over queries
+  return combine_masks(
+      padding_mask(None, encoder_mask) if encoder_mask is not None else None,
+      segment_mask(q_segments, kv_segments) if q_segments is not None and kv_segments is not None else None,
+  )

@@ -1,0 +1,63 @@
+"""The attention layer: project q, k, v; apply RoPE; update the KV cache; call the core; project out.
+
+All the maths of attention itself lives in `tfm.attention.dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tfm import attention as core
+from tfm.config import ModelConfig
+from tfm.layers.dense import Dense
+from tfm.layers.dtypes import to_dtype
+from tfm.layers.positions import apply_rope
+
+
+class Attention(nn.Module):
+  """Self-attention (x_kv is x_q), cross-attention, and cached self-attention when `decode`."""
+
+  config: ModelConfig
+  is_cross: bool = False
+  decode: bool = False
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_q, x_kv, *, mask=None, bias=None, positions=None, cache_index=None):
+    """Returns the attention output [batch, q_len, embed]."""
+    c = self.config
+    h, kvh, d = c.num_heads, c.kv_heads, c.dim_per_head
+    qkv_bias = c.use_bias if c.qkv_bias is None else c.qkv_bias
+    kw = dict(init_std=c.init_std, dtype=c.dtype, param_dtype=c.param_dtype)
+    q = Dense((h, d), ("embed", "heads", "kv"), use_bias=qkv_bias, name="query", **kw)(x_q)   # [batch, q_len, heads, head_dim]
+    k = Dense((kvh, d), ("embed", "kv_heads", "kv"), use_bias=qkv_bias, name="key", **kw)(x_kv)  # [batch, kv_len, kv_heads, head_dim]
+    v = Dense((kvh, d), ("embed", "kv_heads", "kv"), use_bias=qkv_bias, name="value", **kw)(x_kv)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    k = nn.with_logical_constraint(k, ("batch", "kv_length", "kv_heads", "kv"))
+    v = nn.with_logical_constraint(v, ("batch", "kv_length", "kv_heads", "kv"))
+    if c.position == "rope" and not self.is_cross:
+      q = apply_rope(q, positions, c.rope_theta)
+      k = apply_rope(k, positions, c.rope_theta)
+
+    if self.decode and not self.is_cross:
+      # The cache is created (zeros, full length) by an init call; later calls write into it.
+      initialized = self.has_variable("cache", "cached_key")
+      cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+      cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      if initialized:
+        cached_k.value, cached_v.value = core.update_kv_cache(cached_k.value, cached_v.value, k, v, cache_index)
+        k, v = cached_k.value, cached_v.value  # [batch, max_len, kv_heads, head_dim]
+
+    dropout_rng = None
+    if not self.deterministic and c.attention_dropout_rate > 0:
+      dropout_rng = self.make_rng("dropout")
+    out = core.dot_product_attention(
+        q, k, v, bias=bias, mask=mask, scale=d ** -0.5 if c.scale_attention else 1.0,
+        dropout_rate=c.attention_dropout_rate, dropout_rng=dropout_rng, deterministic=self.deterministic,
+        implementation=c.attention_impl)  # [batch, q_len, heads, head_dim]
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    return Dense((x_q.shape[-1],), ("heads", "kv", "embed"), contract=2, use_bias=c.use_bias, name="out", **kw)(out)
