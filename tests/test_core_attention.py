@@ -1,0 +1,158 @@
+"""The attention core against a float64 NumPy reference and against jax.nn.dot_product_attention."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tfm import attention as core
+
+
+def numpy_attention(q, k, v, mask=None, bias=None, scale=None):
+  """float64 reference: softmax(q kᵀ scale + bias, masked) v with kv heads repeated for GQA."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  b, t, h, d = q.shape
+  g = h // k.shape[2]
+  k = np.repeat(k, g, axis=2)
+  v = np.repeat(v, g, axis=2)
+  scale = d ** -0.5 if scale is None else scale
+  s = np.einsum("bthd,bshd->bhts", q, k) * scale
+  if bias is not None:
+    s = s + np.asarray(bias, np.float64)
+  if mask is not None:
+    s = np.where(np.broadcast_to(np.asarray(mask), s.shape), s, -1e30)
+  s = s - s.max(-1, keepdims=True)
+  p = np.exp(s)
+  p = p / p.sum(-1, keepdims=True)
+  return np.einsum("bhts,bshd->bthd", p, v)
+
+
+B, T, D = 2, 12, 16
+HEADS = [(4, 4), (4, 2), (4, 1)]  # MHA, GQA, MQA
+MASKS = ["none", "causal", "padding", "segment", "window", "causal+padding+segment+window"]
+
+
+def _inputs(h, kvh, seed=0):
+  r = np.random.RandomState(seed)
+  q = r.randn(B, T, h, D).astype(np.float32)
+  k = r.randn(B, T, kvh, D).astype(np.float32)
+  v = r.randn(B, T, kvh, D).astype(np.float32)
+  bias = r.randn(1, h, T, T).astype(np.float32)
+  return q, k, v, bias
+
+
+def _mask(kind):
+  pos = jnp.broadcast_to(jnp.arange(T), (B, T))
+  valid = jnp.ones((B, T), jnp.int32).at[1, 9:].set(0)
+  seg = jnp.array([[1] * 5 + [2] * 7, [1] * 8 + [2] * 4])
+  parts = {
+      "causal": core.causal_mask(pos, pos),
+      "padding": core.padding_mask(None, valid),
+      "segment": core.segment_mask(seg, seg),
+      "window": core.sliding_window_mask(pos, pos, 3),
+  }
+  if kind == "none":
+    return None
+  return core.combine_masks(*(parts[p] for p in kind.split("+")))
+
+
+@pytest.mark.parametrize("heads,mask_kind,with_bias",
+                         list(itertools.product(HEADS, MASKS, [False, True])))
+def test_core_matches_numpy_and_jax_nn(heads, mask_kind, with_bias):
+  h, kvh = heads
+  q, k, v, bias = _inputs(h, kvh)
+  bias = bias if with_bias else None
+  mask = _mask(mask_kind)
+  ref = numpy_attention(q, k, v, None if mask is None else np.asarray(mask), bias)
+  jax_nn = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+  for impl in ("xla", "reference"):
+    out = core.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), bias=bias, mask=mask,
+                                     implementation=impl)
+    assert out.shape == (B, T, h, D)
+    assert np.max(np.abs(np.asarray(out, np.float64) - ref)) <= 1e-5, impl
+    assert np.max(np.abs(np.asarray(out) - np.asarray(jax_nn))) <= 1e-5, impl
+
+
+def test_custom_scale_and_cross_lengths():
+  r = np.random.RandomState(1)
+  q = r.randn(2, 3, 4, 8).astype(np.float32)
+  k = r.randn(2, 7, 2, 8).astype(np.float32)
+  v = r.randn(2, 7, 2, 8).astype(np.float32)
+  mask = core.padding_mask(None, jnp.array([[1] * 7, [1] * 4 + [0] * 3]))
+  ref = numpy_attention(q, k, v, np.asarray(mask), scale=1.0)
+  for impl in ("xla", "reference"):
+    out = core.dot_product_attention(q, k, v, mask=mask, scale=1.0, implementation=impl)
+    assert np.max(np.abs(np.asarray(out, np.float64) - ref)) <= 1e-5
+
+
+def test_softmax_in_float32_for_bfloat16_inputs():
+  q, k, v, bias = _inputs(4, 2, seed=3)
+  # Large scores: a bf16 softmax would lose most of the probability mass resolution.
+  q16, k16, v16 = (jnp.asarray(x * 4, jnp.bfloat16) for x in (q, k, v))
+  out = core.dot_product_attention(q16, k16, v16, bias=bias, implementation="reference")
+  assert out.dtype == jnp.bfloat16
+  ref = numpy_attention(np.asarray(q16, np.float32), np.asarray(k16, np.float32), np.asarray(v16, np.float32),
+                        bias=bias)
+  # bf16 has ~3 significant digits; a bf16 softmax over 12 keys with scores ~±100 is far worse than this.
+  assert np.max(np.abs(np.asarray(out, np.float64) - ref)) < 0.1 * np.max(np.abs(ref))
+
+
+def test_fully_masked_rows_are_finite():
+  q, k, v, _ = _inputs(4, 4)
+  mask = jnp.zeros((B, 1, T, T), bool)
+  for impl in ("xla", "reference"):
+    out = core.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+    assert np.all(np.isfinite(np.asarray(out)))
+
+
+def test_attention_dropout():
+  q, k, v, _ = _inputs(4, 4)
+  base = core.dot_product_attention(q, k, v, implementation="reference")
+  same = core.dot_product_attention(q, k, v, dropout_rate=0.5, deterministic=True)
+  np.testing.assert_allclose(np.asarray(same), np.asarray(base), atol=1e-5)
+  d1 = core.dot_product_attention(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.PRNGKey(1),
+                                  deterministic=False)
+  d2 = core.dot_product_attention(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.PRNGKey(2),
+                                  deterministic=False)
+  assert np.max(np.abs(np.asarray(d1) - np.asarray(base))) > 1e-2
+  assert np.max(np.abs(np.asarray(d1) - np.asarray(d2))) > 1e-2
+  # Inverted dropout keeps the expectation: the mean over many keys' outputs stays close.
+  assert abs(float(jnp.mean(d1)) - float(jnp.mean(base))) < 0.1
+  with pytest.raises(ValueError, match="dropout_rng"):
+    core.dot_product_attention(q, k, v, dropout_rate=0.5, deterministic=False)
+
+
+def test_shape_and_implementation_errors():
+  q, k, v, _ = _inputs(4, 4)
+  with pytest.raises(ValueError, match="multiple of kv_heads"):
+    core.dot_product_attention(q, k[:, :, :3], v[:, :, :3])
+  with pytest.raises(ValueError, match="implementation"):
+    core.dot_product_attention(q, k, v, implementation="flash")
+  with pytest.raises(ValueError, match="same shape"):
+    core.dot_product_attention(q, k, v[:, :5])
+
+
+def test_mask_builders_match_definitions():
+  pos = jnp.array([[0, 1, 2, 3]])
+  np.testing.assert_array_equal(np.asarray(core.causal_mask(pos, pos))[0, 0], np.tril(np.ones((4, 4), bool)))
+  w = np.asarray(core.sliding_window_mask(pos, pos, 2))[0, 0]
+  np.testing.assert_array_equal(w, np.abs(np.arange(4)[:, None] - np.arange(4)[None]) < 2)
+  seg = jnp.array([[1, 1, 2, 2]])
+  np.testing.assert_array_equal(np.asarray(core.segment_mask(seg, seg))[0, 0],
+                                np.kron(np.eye(2, dtype=bool), np.ones((2, 2), bool)))
+  pad = np.asarray(core.padding_mask(None, jnp.array([[1, 1, 1, 0]])))
+  assert pad.shape == (1, 1, 1, 4) and pad[0, 0, 0].tolist() == [True, True, True, False]
+  dm = np.asarray(core.decode_mask(jnp.int32(2), 2, 5))[0, 0]
+  np.testing.assert_array_equal(dm, [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+  assert core.combine_masks(None, None) is None
+
+
+def test_update_kv_cache_writes_at_index():
+  ck = jnp.zeros((2, 6, 1, 3))
+  cv = jnp.zeros((2, 6, 1, 3))
+  k = jnp.ones((2, 2, 1, 3))
+  nk, nv = core.update_kv_cache(ck, cv, k, 2 * k, jnp.int32(3))
+  assert np.asarray(nk)[:, 3:5].min() == 1 and np.asarray(nk)[:, :3].max() == 0 and np.asarray(nk)[:, 5:].max() == 0
+  assert np.asarray(nv)[:, 3:5].min() == 2

@@ -1,0 +1,342 @@
+"""Equivalences of the three model families: causality, padding, packing, GQA, cached decoding."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tfm
+from tfm import axes
+from tfm.layers import positions as P
+
+RNG = jax.random.PRNGKey(0)
+DECODERS = ["gpt2-tiny", "llama-test"]
+ENC_DECS = ["t5-tiny", "t5-v1_1-tiny", "bart-tiny", "transformer-tiny"]
+ALL = DECODERS + ["bert-tiny"] + ENC_DECS
+
+
+def _ids(shape, vocab=256, seed=0):
+  return jax.random.randint(jax.random.PRNGKey(seed), shape, 3, vocab)
+
+
+_CACHE = {}
+
+
+def init(name, **overrides):
+  """Returns (model, params) for a preset, cached per (name, overrides)."""
+  key = (name, tuple(sorted(overrides.items())))
+  if key not in _CACHE:
+    c = tfm.get_config(name, **overrides)
+    m = tfm.build(c)
+    ids = _ids((2, 8))
+    kw = {"decoder_input_ids": ids} if c.family == "encoder_decoder" else {}
+    _CACHE[key] = (m, nn.meta.unbox(m.init(RNG, ids, **kw)["params"]))
+  return _CACHE[key]
+
+
+def run(name, ids, dec_ids=None, **kw):
+  m, p = init(name)
+  if m.config.family == "encoder_decoder":
+    return m.apply({"params": p}, ids, decoder_input_ids=dec_ids, **kw)
+  return m.apply({"params": p}, ids, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DECODERS + ["gpt2-tiny:alibi", "gpt2-tiny:window"] + ENC_DECS)
+def test_causality(name):
+  """Changing tokens after t never changes decoder logits at positions <= t."""
+  base, _, variant = name.partition(":")
+  over = {"alibi": dict(position="alibi"), "window": dict(sliding_window=3)}.get(variant, {})
+  m, p = init(base, **over)
+  ids = _ids((2, 10))
+  t = 5
+  changed = ids.at[:, t + 1:].set((ids[:, t + 1:] + 7) % 250 + 3)
+  if m.config.family == "encoder_decoder":
+    src = _ids((2, 9), seed=1)
+    a = m.apply({"params": p}, src, decoder_input_ids=ids)
+    b = m.apply({"params": p}, src, decoder_input_ids=changed)
+  else:
+    a = m.apply({"params": p}, ids)
+    b = m.apply({"params": p}, changed)
+  np.testing.assert_allclose(np.asarray(a[:, : t + 1]), np.asarray(b[:, : t + 1]), atol=1e-6)
+  assert np.max(np.abs(np.asarray(a[:, t + 1:]) - np.asarray(b[:, t + 1:]))) > 1e-4  # the test can fail
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_padding_equals_unpadded(name):
+  """A right-padded batch gives the same logits on real tokens as each example alone."""
+  m, p = init(name)
+  lengths = [7, 4]
+  ids = _ids((2, 7))
+  mask = (jnp.arange(7)[None] < jnp.array(lengths)[:, None]).astype(jnp.int32)
+  padded_ids = jnp.where(mask == 1, ids, 0)
+  if m.config.family == "encoder_decoder":
+    dec = _ids((2, 6), seed=2)
+    dec_lengths = [6, 3]
+    dmask = (jnp.arange(6)[None] < jnp.array(dec_lengths)[:, None]).astype(jnp.int32)
+    out = m.apply({"params": p}, padded_ids, mask, decoder_input_ids=dec, decoder_attention_mask=dmask)
+    for i in range(2):
+      alone = m.apply({"params": p}, padded_ids[i:i + 1, :lengths[i]],
+                      decoder_input_ids=dec[i:i + 1, :dec_lengths[i]])
+      np.testing.assert_allclose(np.asarray(out[i, :dec_lengths[i]]), np.asarray(alone[0]), atol=2e-5)
+  else:
+    out = m.apply({"params": p}, padded_ids, mask)
+    for i in range(2):
+      alone = m.apply({"params": p}, padded_ids[i:i + 1, :lengths[i]])
+      np.testing.assert_allclose(np.asarray(out[i, :lengths[i]]), np.asarray(alone[0]), atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "llama-test", "bert-tiny", "t5-tiny", "bart-tiny",
+                                  "transformer-tiny"])
+def test_packing_equals_separate(name):
+  """Two sequences packed with segment ids give the same outputs as each run alone."""
+  m, p = init(name)
+  a, b = _ids((1, 5), seed=3), _ids((1, 6), seed=4)
+  packed = jnp.concatenate([a, b], axis=1)
+  seg = jnp.array([[1] * 5 + [2] * 6])
+  if m.config.family == "encoder_decoder":
+    da, db = _ids((1, 3), seed=5), _ids((1, 4), seed=6)
+    dpacked = jnp.concatenate([da, db], axis=1)
+    dseg = jnp.array([[1] * 3 + [2] * 4])
+    out = m.apply({"params": p}, packed, decoder_input_ids=dpacked, segment_ids=seg, decoder_segment_ids=dseg)
+    ra = m.apply({"params": p}, a, decoder_input_ids=da)
+    rb = m.apply({"params": p}, b, decoder_input_ids=db)
+    np.testing.assert_allclose(np.asarray(out[0, :3]), np.asarray(ra[0]), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(out[0, 3:]), np.asarray(rb[0]), atol=2e-5)
+  else:
+    out = m.apply({"params": p}, packed, segment_ids=seg)
+    ra, rb = m.apply({"params": p}, a), m.apply({"params": p}, b)
+    np.testing.assert_allclose(np.asarray(out[0, :5]), np.asarray(ra[0]), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(out[0, 5:]), np.asarray(rb[0]), atol=2e-5)
+
+
+def test_gqa_equals_mha_with_repeated_kv_weights():
+  """GQA (kv_heads < heads) equals MHA whose k/v weights repeat each kv head over its group."""
+  m_gqa, p_gqa = init("llama-test")  # 4 heads, 2 kv heads
+  c = m_gqa.config
+  assert c.kv_heads < c.num_heads
+  m_mha = tfm.build(c.replace(num_kv_heads=c.num_heads))
+  g = c.num_heads // c.kv_heads
+
+  def widen(path, x):
+    names = [getattr(k, "key", None) for k in path]
+    if ("key" in names or "value" in names) and names[-1] == "kernel":
+      return jnp.repeat(x, g, axis=1)  # [embed, kv_heads, head_dim] -> [embed, heads, head_dim]
+    return x
+
+  p_mha = jax.tree_util.tree_map_with_path(widen, p_gqa)
+  ids = _ids((2, 9))
+  np.testing.assert_allclose(np.asarray(m_gqa.apply({"params": p_gqa}, ids)),
+                             np.asarray(m_mha.apply({"params": p_mha}, ids)), atol=1e-5)
+
+
+def test_gqa_with_kv_heads_equal_heads_is_mha():
+  """kv_heads == heads gives the MHA parameter shapes and output of a config without num_kv_heads."""
+  c = tfm.get_config("llama-test", num_kv_heads=None)
+  m1, m2 = tfm.build(c), tfm.build(c.replace(num_kv_heads=c.num_heads))
+  ids = _ids((2, 6))
+  p = nn.meta.unbox(m1.init(RNG, ids)["params"])
+  p2 = nn.meta.unbox(m2.init(RNG, ids)["params"])
+  assert jax.tree_util.tree_structure(p) == jax.tree_util.tree_structure(p2)
+  np.testing.assert_allclose(np.asarray(m1.apply({"params": p}, ids)), np.asarray(m2.apply({"params": p}, ids)),
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DECODERS + ["gpt2-tiny:alibi", "gpt2-tiny:window", "gpt2-tiny:scan"] + ENC_DECS)
+def test_cached_decoding_matches_full_forward(name):
+  """Prefill of a prompt chunk then one token at a time reproduces the full forward logits."""
+  base, _, variant = name.partition(":")
+  over = {"alibi": dict(position="alibi"), "window": dict(sliding_window=3),
+          "scan": dict(scan_layers=True)}.get(variant, {})
+  m, p = init(base, **over)
+  T, prompt = 9, 4
+  ids = _ids((2, T), seed=7)
+  if m.config.family == "encoder_decoder":
+    src = _ids((2, 7), seed=8)
+    src_mask = jnp.ones((2, 7), jnp.int32).at[1, 5:].set(0)
+    enc = m.apply({"params": p}, src, src_mask, method=m.encode)
+    full = m.apply({"params": p}, enc, ids, src_mask, method=m.decode)
+    cache = tfm.init_cache(m, 2, T, encoder_len=7)
+    step = lambda chunk, cache: m.apply({"params": p, "cache": cache}, enc, chunk, src_mask, decode=True,
+                                        mutable=["cache"], method=m.decode)
+  else:
+    full = m.apply({"params": p}, ids)
+    cache = tfm.init_cache(m, 2, T)
+    step = lambda chunk, cache: m.apply({"params": p, "cache": cache}, chunk, decode=True, mutable=["cache"])
+  outs = []
+  out, mut = step(ids[:, :prompt], cache)
+  outs.append(out)
+  for t in range(prompt, T):
+    out, mut = step(ids[:, t:t + 1], mut["cache"])
+    outs.append(out)
+  np.testing.assert_allclose(np.asarray(jnp.concatenate(outs, 1)), np.asarray(full), atol=2e-5)
+
+
+def test_rope_scores_depend_only_on_relative_offset():
+  r = np.random.RandomState(0)
+  q = jnp.asarray(r.randn(1, 1, 2, 16), jnp.float32)
+  k = jnp.asarray(r.randn(1, 1, 2, 16), jnp.float32)
+
+  def score(m, n):
+    qr = P.apply_rope(q, jnp.array([[m]]), 10000.0)
+    kr = P.apply_rope(k, jnp.array([[n]]), 10000.0)
+    return np.asarray(jnp.sum(qr * kr, -1))
+
+  np.testing.assert_allclose(score(3, 1), score(13, 11), atol=1e-4)
+  np.testing.assert_allclose(score(0, 7), score(40, 47), atol=1e-4)
+  assert np.max(np.abs(score(3, 1) - score(3, 2))) > 1e-3
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_relative_and_alibi_bias_depend_only_on_relative_offset(bidirectional):
+  c = tfm.get_config("t5-tiny")
+  mod = P.RelativePositionBias(c, bidirectional=bidirectional)
+  qp = jnp.arange(12)[None]
+  v = mod.init(RNG, qp, qp)
+  b0 = np.asarray(mod.apply(v, qp, qp))
+  b1 = np.asarray(mod.apply(v, qp + 37, qp + 37))
+  np.testing.assert_allclose(b0, b1)
+  assert b0.shape == (1, c.num_heads, 12, 12)
+  # Toeplitz: every diagonal is constant.
+  for off in range(-11, 12):
+    d = np.diagonal(b0[0], offset=off, axis1=1, axis2=2)
+    assert np.allclose(d, d[:, :1])
+  a0, a1 = P.alibi_bias(qp, qp, 4), P.alibi_bias(qp + 5, qp + 5, 4)
+  np.testing.assert_allclose(np.asarray(a0), np.asarray(a1))
+
+
+def test_relative_buckets_use_several_ranges():
+  rel = jnp.arange(-200, 201)
+  b = np.asarray(P.relative_bucket(rel, True, 32, 128))
+  assert b.min() == 0 and b.max() == 31
+  # exact buckets for small offsets, log-spaced (repeated buckets) for large ones
+  assert len(set(b[200:208].tolist())) == 8 and len(set(b[300:401].tolist())) < 20
+
+
+def test_positions_from_segments():
+  seg = jnp.array([[1, 1, 1, 2, 2, 3, 0, 0]])
+  np.testing.assert_array_equal(np.asarray(P.positions_from_segments(seg)), [[0, 1, 2, 0, 1, 0, 0, 1]])
+
+
+@pytest.mark.parametrize("name", ALL + ["gpt2-tiny:scan", "bert-tiny:cls", "t5-tiny:cls"])
+def test_every_parameter_has_logical_axis_names(name):
+  base, _, variant = name.partition(":")
+  over = {"scan": dict(scan_layers=True), "cls": dict(num_labels=3)}.get(variant, {})
+  c = tfm.get_config(base, **over)
+  m = tfm.build(c)
+  ids = jnp.ones((1, 4), jnp.int32)
+  kw = {"decoder_input_ids": ids} if c.family == "encoder_decoder" else {}
+  boxed = jax.eval_shape(lambda: m.init(RNG, ids, **kw))["params"]
+  leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert leaves
+  for leaf in leaves:
+    assert isinstance(leaf, nn.LogicallyPartitioned), leaf
+    assert len(leaf.names) == leaf.value.ndim
+    assert all(n in axes.ALL_AXES for n in leaf.names), leaf.names
+
+
+@pytest.mark.parametrize("name,expected,over", [
+    ("gpt2-small", 124_439_808, {}),
+    ("bert-base", 109_482_240, {"lm_head": False}),  # BertModel with pooler, no MLM head
+    ("t5-small", 60_506_624, {}),                    # T5ForConditionalGeneration, tied
+])
+def test_parameter_counts_equal_reference(name, expected, over):
+  c = tfm.get_config(name, **over)
+  m = tfm.build(c)
+  ids = jnp.ones((1, 4), jnp.int32)
+  kw = {"decoder_input_ids": ids} if c.family == "encoder_decoder" else {}
+  shapes = jax.eval_shape(lambda: m.init(RNG, ids, **kw))["params"]
+  assert tfm.count_params(shapes) == expected
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "bert-tiny", "t5-tiny"])
+def test_jitted_forward_compiles_once(name):
+  m, p = init(name)
+  traces = []
+
+  @jax.jit
+  def fwd(p, ids):
+    traces.append(1)
+    kw = {"decoder_input_ids": ids} if m.config.family == "encoder_decoder" else {}
+    return m.apply({"params": p}, ids, **kw)
+
+  a = fwd(p, _ids((2, 8), seed=1))
+  b = fwd(p, _ids((2, 8), seed=2))
+  assert len(traces) == 1
+  assert not np.allclose(np.asarray(a), np.asarray(b))
+
+
+def test_scan_layers_equal_unrolled():
+  m, p = init("gpt2-tiny")
+  ms = tfm.build(m.config.replace(scan_layers=True))
+  layers = [p["decoder"]["layers"][f"layer_{i}"] for i in range(m.config.num_layers)]
+  stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+  ps = jax.tree_util.tree_map(lambda x: x, p)
+  ps["decoder"] = dict(p["decoder"])
+  ps["decoder"]["layers"] = {"layers": stacked, **{k: v for k, v in p["decoder"]["layers"].items()
+                                                   if not k.startswith("layer_")}}
+  ids = _ids((2, 8))
+  ref = ms.init(RNG, ids)["params"]
+  assert jax.tree_util.tree_structure(nn.meta.unbox(ref)) == jax.tree_util.tree_structure(ps)
+  np.testing.assert_allclose(np.asarray(ms.apply({"params": ps}, ids)), np.asarray(m.apply({"params": p}, ids)),
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_same_gradients(remat):
+  m, p = init("gpt2-tiny")
+  mr = tfm.build(m.config.replace(remat=remat))
+  ids = _ids((2, 8))
+  loss = lambda model: (lambda p: jnp.mean(model.apply({"params": p}, ids) ** 2))
+  g1 = jax.grad(loss(m))(p)
+  g2 = jax.grad(loss(mr))(p)
+  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["bert-tiny", "gpt2-tiny", "llama-test", "t5-tiny", "bart-tiny"])
+def test_classification_heads(name):
+  c = tfm.get_config(name, num_labels=3)
+  m = tfm.build(c)
+  ids = _ids((2, 7))
+  mask = jnp.ones((2, 7), jnp.int32).at[1, 4:].set(0)
+  v = m.init(RNG, ids, mask)
+  out = m.apply(v, ids, mask)
+  assert out.shape == (2, 3)
+  # The padded example's logits equal the example run alone (head pools real tokens only).
+  alone = m.apply(v, ids[1:, :4])
+  np.testing.assert_allclose(np.asarray(out[1]), np.asarray(alone[0]), atol=2e-5)
+
+
+def test_dropout_is_active_only_when_not_deterministic():
+  m = tfm.build(tfm.get_config("gpt2-tiny", dropout_rate=0.3, attention_dropout_rate=0.3))
+  ids = _ids((2, 8))
+  v = m.init(RNG, ids)
+  d = m.apply(v, ids)
+  np.testing.assert_array_equal(np.asarray(d), np.asarray(m.apply(v, ids)))
+  r1 = m.apply(v, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+  r2 = m.apply(v, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
+  assert np.max(np.abs(np.asarray(r1) - np.asarray(r2))) > 1e-3
+
+
+def test_bfloat16_compute():
+  m, p = init("llama-test")
+  mb = tfm.build(m.config.replace(dtype="bfloat16"))
+  ids = _ids((2, 8))
+  ref = np.asarray(m.apply({"params": p}, ids))
+  out = mb.apply({"params": p}, ids)
+  assert out.dtype == jnp.bfloat16
+  assert np.max(np.abs(np.asarray(out, np.float32) - ref)) < 0.05 * np.max(np.abs(ref)) + 0.05
+
+
+def test_family_argument_errors():
+  with pytest.raises(ValueError, match="decoder_input_ids"):
+    run("gpt2-tiny", _ids((1, 4)), decoder_input_ids=_ids((1, 4)))
+  with pytest.raises(ValueError, match="decoder_input_ids"):
+    m, p = init("t5-tiny")
+    m.apply({"params": p}, _ids((1, 4)))
+  with pytest.raises(TypeError, match="ModelConfig"):
+    tfm.build("gpt2-small")
