@@ -1,0 +1,5 @@
+"""Benchmarks of tfm variants: speed (tokens/s, MFU, compile time, memory), quality, and PyTorch parity.
+
+Command line: `python -m tfm.bench speed|quality|torch --help`. Library entry points:
+`tfm.bench.speed.run_speed`, `tfm.bench.torch_ref.run_torch`, `tfm.bench.quality.run_quality`.
+"""

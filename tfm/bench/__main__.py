@@ -1,0 +1,108 @@
+"""python -m tfm.bench speed|quality|torch ... (see --help of each subcommand)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# XLA:CPU flags measured to help the training step on CPU (../shared/PERF_NOTES.md): dots go to Eigen
+# instead of the YNNPACK fusions. Set before the first JAX computation; --no-cpu-flags keeps XLA's defaults.
+CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+
+
+def _ints(text: str) -> list[int]:
+  try:
+    return [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers; got {text!r}") from None
+
+
+def _words(text: str) -> list[str]:
+  return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def set_xla_flags(enable: bool) -> str:
+  """Adds CPU_XLA_FLAGS to XLA_FLAGS (unless already set there); returns the resulting XLA_FLAGS."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if enable:
+    for f in CPU_XLA_FLAGS:
+      if f.split("=")[0] not in flags:
+        flags = (flags + " " + f).strip()
+    os.environ["XLA_FLAGS"] = flags
+  return flags
+
+
+def _add_variant_args(p: argparse.ArgumentParser, models_default: str):
+  p.add_argument("--models", default=models_default,
+                 help="comma-separated specs preset[:field=value,...]; presets, gpt-nano, and the baseline shapes "
+                      "bert-cls-4l-256, t5-4l-256; bench keys seq=, batch=, tgt_seq= per model")
+  p.add_argument("--seq", type=_ints, default=[], help="sequence lengths (default: each model's baseline shape)")
+  p.add_argument("--batch", type=_ints, default=[], help="batch sizes")
+  p.add_argument("--tgt-seq", type=int, default=None, help="decoder length of encoder-decoder models (default seq//4)")
+  p.add_argument("--dtype", type=_words, default=[], help="float32|bfloat16|float16 (comma list: a grid)")
+  p.add_argument("--attention", type=_words, default=[], help="xla|cudnn|reference (ModelConfig.attention_impl)")
+  p.add_argument("--remat", type=_words, default=[], help="none|full|dots")
+  p.add_argument("--scan-layers", action=argparse.BooleanOptionalAction, default=None,
+                 help="lax.scan over layers (default: as the config says)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+  p.add_argument("--iters", type=int, default=5, help="timed steps (the median is reported)")
+  p.add_argument("--out", default="bench_out", help="output folder for results.{csv,json} and plots")
+  p.add_argument("--no-cpu-flags", action="store_true", help="do not add the CPU XLA flags (see CPU_XLA_FLAGS)")
+
+
+def main(argv=None) -> int:
+  """Parses the command line, runs the subcommand; returns the exit status."""
+  parser = argparse.ArgumentParser(prog="python -m tfm.bench", description=__doc__)
+  sub = parser.add_subparsers(dest="command", required=True)
+  sp = sub.add_parser("speed", help="tokens/s, MFU, compile time and memory of model variants")
+  _add_variant_args(sp, "gpt-nano")
+  sp.add_argument("--compile-only", action="store_true", help="measure compile time and memory of the step only")
+  sp.add_argument("--no-forward", action="store_true", help="skip the forward-only timing")
+  tp = sub.add_parser("torch", help="tfm vs the same architecture in PyTorch (transformers), same inputs, same run")
+  _add_variant_args(tp, "gpt-nano,gpt2-small,bert-cls-4l-256,t5-4l-256")
+  tp.add_argument("--rounds", type=int, default=1, help="alternate tfm and PyTorch this many times per model")
+  tp.add_argument("--no-nanogpt", action="store_true", help="skip the hand-written PyTorch GPT")
+  qp = sub.add_parser("quality", help="train variants on the same data and seed, compare eval loss")
+  qp.add_argument("--config", default="configs/gpt_shakespeare_char.py", help="training config file (tfm.train)")
+  qp.add_argument("--vary", action="append", default=[],
+                  help="field=v1,v2,... (e.g. model.position=learned,rope,alibi); repeat for a grid")
+  qp.add_argument("--set", action="append", default=[], help="field=value applied to every variant")
+  qp.add_argument("--steps", type=int, default=None, help="training steps of every variant")
+  qp.add_argument("--flops-budget", type=float, default=None,
+                  help="equal-FLOPs budget: each variant trains for budget / (train FLOPs per step) steps")
+  qp.add_argument("--out", default="bench_quality", help="output folder")
+  qp.add_argument("--no-cpu-flags", action="store_true")
+  args = parser.parse_args(argv)
+  set_xla_flags(not args.no_cpu_flags)
+
+  if args.command == "quality":
+    from tfm.bench.quality import run_quality_cli  # noqa: PLC0415
+    return run_quality_cli(args)
+  from tfm.bench import report  # noqa: PLC0415
+  from tfm.bench.speed import expand_variants, run_speed  # noqa: PLC0415
+  variants = expand_variants(args.models, args.seq, args.batch, args.tgt_seq, args.dtype, args.attention,
+                             args.remat, args.scan_layers)
+  if args.command == "speed":
+    records = run_speed(variants, warmup=args.warmup, iters=args.iters, compile_only=args.compile_only,
+                        forward=not args.no_forward)
+    columns = None
+    stem = "results"
+  else:
+    from tfm.bench.torch_ref import TORCH_COLUMNS, run_torch  # noqa: PLC0415
+    records = run_torch(variants, warmup=args.warmup, iters=args.iters, rounds=args.rounds,
+                        nanogpt=not args.no_nanogpt)
+    columns = TORCH_COLUMNS
+    stem = "torch_results"
+  print()
+  print(report.markdown_table(records, columns))
+  json_path, csv_path = report.write_records(records, args.out, stem)
+  plot = report.plot_speed([r for r in records if r.get("framework", "tfm") == "tfm"],
+                           os.path.join(args.out, f"{'speed' if stem == 'results' else 'torch'}.png"))
+  print(f"\nwrote {json_path}, {csv_path}" + (f", {plot}" if plot else "") +
+        f"  (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
