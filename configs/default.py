@@ -1,0 +1,17 @@
+"""The embedded default run: a small GPT on the text of Python's own help topics (no network).
+
+    python train.py                      # same as: python train.py --config configs/default.py
+    python train.py --workdir runs/default --config.train.steps=1000
+
+Data: `pydoc_data.topics` from the standard library, made into the TFDS dataset `pydoc_topics`
+(train: 90 % of the topics, validation: every 10th topic). Byte-level tokens. About 2-4 minutes on
+2 CPU cores.
+"""
+
+from tfm.train.defaults import base_config, lock
+
+
+def get_config():
+  """Returns the default config (see tfm/train/defaults.py for every field)."""
+  c = base_config()
+  return lock(c)

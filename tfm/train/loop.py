@@ -1,0 +1,363 @@
+"""The training loop: `train_and_evaluate(config, workdir)`, the one function train.py and tests call.
+
+Order of work: load data and tokenizer -> build the model -> create (or restore) the train state ->
+loop { batch(step) -> compiled step -> log / eval / checkpoint } -> summary.json and loss.png.
+
+Seam for multi-device runs: `make_runtime` is the one place where the state is created and the
+steps are compiled. On one device it uses plain jax.jit with the state donated; with several
+devices (or mesh.parallel="pmap") it asks tfm.parallel for the sharded versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import tfm
+from tfm.data.dataset import RunData
+from tfm.train import defaults
+from tfm.train.checkpoint import Checkpoints
+from tfm.train.objectives import Task, get_task
+from tfm.train.optim import learning_rate_schedule, make_optimizer
+from tfm.train.sample import greedy_sample
+from tfm.train.state import TrainState, create_train_state
+from tfm.train.step import eval_step, train_step
+from tfm.train.writers import MetricsWriter, plot_losses, write_json
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite; the run stopped without saving the bad state."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Config checks and the model config
+# ------------------------------------------------------------------------------------------------
+
+
+def check_config(config) -> None:
+  """Raises ValueError naming the field when a training config value is not allowed."""
+  t = config.train
+  for name in ("steps", "batch_size", "micro_batches", "eval_every", "eval_batches", "checkpoint_every",
+               "keep_checkpoints", "log_every"):
+    v = t[name]
+    if not (isinstance(v, int) and v > 0):
+      raise ValueError(f"config field 'train.{name}' must be a positive integer; got {v!r}")
+  if t.batch_size % t.micro_batches:
+    raise ValueError(f"config field 'train.batch_size' ({t.batch_size}) must be divisible by "
+                     f"'train.micro_batches' ({t.micro_batches})")
+  if not (isinstance(config.data.seq_len, int) and config.data.seq_len > 1):
+    raise ValueError(f"config field 'data.seq_len' must be an integer > 1; got {config.data.seq_len!r}")
+  if config.mesh.parallel not in ("jit", "pmap"):
+    raise ValueError(f"config field 'mesh.parallel' must be 'jit' or 'pmap'; got {config.mesh.parallel!r}")
+  get_task(config.task)
+
+
+def model_config(config, task: Task, tokenizer) -> tfm.ModelConfig:
+  """Returns the validated ModelConfig: the preset, the overrides, and the tokenizer's vocabulary size."""
+  overrides = defaults.model_overrides(config)
+  preset = tfm.get_config(config.model)
+  if "vocab_size" not in overrides and not config.init_from:
+    overrides["vocab_size"] = tokenizer.vocab_size
+  mc = preset.replace(**overrides) if overrides else preset
+  if mc.family != task.family:
+    raise ValueError(f"config field 'task'={task.name!r} trains {task.family!r} models; model {config.model!r} is "
+                     f"{mc.family!r} (pick a matching preset, or another task)")
+  if mc.vocab_size < tokenizer.vocab_size:
+    raise ValueError(f"model vocab_size ({mc.vocab_size}) is smaller than the tokenizer's ({tokenizer.vocab_size})")
+  if mc.pad_token_id != tokenizer.pad_id and task.family == "encoder_decoder":
+    mc = mc.replace(pad_token_id=tokenizer.pad_id, decoder_start_token_id=tokenizer.pad_id)
+  if mc.position == "learned":
+    need = config.data.seq_len + mc.position_offset
+    if need > mc.max_len:
+      raise ValueError(f"data.seq_len={config.data.seq_len} exceeds the model's learned positions (max_len="
+                       f"{mc.max_len}); set --config.model_overrides.max_len={need} or a shorter seq_len")
+  return mc
+
+
+def init_params(model, batch: dict, rng):
+  """Returns boxed params of `model` initialised from the shapes of one example of `batch`."""
+  inputs = jnp.asarray(batch["inputs"][:1])
+  if model.config.family == "encoder_decoder":
+    return model.init(rng, inputs, decoder_input_ids=jnp.asarray(batch["targets"][:1]))["params"]
+  return model.init(rng, inputs)["params"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The seam: state creation and step compilation
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Runtime:
+  """The compiled pieces of a run (single device, or sharded by tfm.parallel)."""
+
+  state: TrainState                                 # the initial state (placed on the devices)
+  train_step: Callable[[TrainState, dict], tuple]   # (state, numpy batch) -> (state, metrics)
+  eval_step: Callable[[Any, dict], dict]            # (params, numpy batch) -> loss sums
+  abstract_state: Any                               # restore target (shapes, dtypes, shardings)
+  description: str                                  # how it runs, for the log
+
+
+def _step_fn(model, tx, task, micro_batches, axis_name=None):
+  def fn(state, batch):
+    rng = jax.random.fold_in(state.rng, state.step)  # the step's key: resume gives the same keys
+    return train_step(state, batch, rng, model=model, tx=tx, task=task, micro_batches=micro_batches,
+                      axis_name=axis_name)
+  return fn
+
+
+def make_runtime(config, model, tx, task: Task, example_batch: dict) -> Runtime:
+  """Returns the Runtime: the initial state and the compiled train / eval steps."""
+  key = jax.random.PRNGKey(config.train.seed)
+  init_rng, state_rng = jax.random.split(key)
+  init_fn = lambda: create_train_state(init_params(model, example_batch, init_rng), tx, state_rng)
+  step = _step_fn(model, tx, task, config.train.micro_batches)
+  evaluate = functools.partial(eval_step, model=model, task=task)
+  m = config.mesh
+  single = jax.device_count() == 1 and m.parallel == "jit" and all(v in (1, -1) for v in (m.data, m.fsdp, m.tensor))
+  if single:
+    state = jax.jit(lambda: nn.meta.unbox(init_fn()))()
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    return Runtime(state, jax.jit(step, donate_argnums=0), jax.jit(evaluate), abstract,
+                   f"jit on {jax.devices()[0].platform}")
+  return _parallel_runtime(config, init_fn, step, evaluate)
+
+
+def _parallel_runtime(config, init_fn, step, evaluate) -> Runtime:
+  """Returns a Runtime sharded over the config's mesh by tfm.parallel (jit over a mesh)."""
+  from tfm import parallel
+  if config.mesh.parallel != "jit":
+    raise NotImplementedError("mesh.parallel='pmap' is not wired into train_and_evaluate yet; use 'jit'")
+  mesh = parallel.mesh_from_config(config)
+  rules = parallel.logical_rules(config)
+  state, shardings = parallel.sharded_init(init_fn, mesh, rules)
+  abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+  train = parallel.jit_step(step, mesh, shardings, rules)
+  evaluate_c = parallel.jit_step(lambda params, batch: evaluate(params, batch), mesh, shardings.params, rules,
+                                 returns_state=False)
+  put = lambda b: parallel.shard_batch(b, mesh, rules)
+  return Runtime(state, lambda s, b: train(s, put(b)), lambda p, b: evaluate_c(p, put(b)), abstract,
+                 f"jit over mesh {dict(mesh.shape)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+
+def _load_init_params(path: str, state_params):
+  """Returns params read from `path` (tfm.hf.checkpoint.load_params), checked against the model's shapes."""
+  try:
+    from tfm.hf.checkpoint import load_params
+  except ImportError as e:
+    raise ValueError(f"init_from={path!r} needs tfm.hf.checkpoint.load_params, which is not available: {e}") from e
+  loaded = load_params(path)
+  if isinstance(loaded, tuple):
+    loaded = loaded[0]
+  loaded = nn.meta.unbox(loaded)
+  want = jax.tree_util.tree_map(lambda x: tuple(x.shape), state_params)
+  got = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), loaded)
+  if want != got:
+    raise ValueError(f"init_from={path!r}: parameter shapes do not match the model ({config_diff(want, got)})")
+  return jax.tree_util.tree_map(lambda ref, x: jnp.asarray(x, ref.dtype), state_params, loaded)
+
+
+def config_diff(want, got) -> str:
+  """Returns a short description of where two shape trees differ."""
+  fw = dict(jax.tree_util.tree_flatten_with_path(want)[0])
+  fg = dict(jax.tree_util.tree_flatten_with_path(got)[0])
+  diffs = [f"{jax.tree_util.keystr(k)}: model {fw.get(k)} vs file {fg.get(k)}" for k in set(fw) | set(fg)
+           if fw.get(k) != fg.get(k)]
+  return "; ".join(sorted(diffs)[:5])
+
+
+def evaluate(runtime: Runtime, params, data: RunData) -> dict:
+  """Returns eval loss, accuracy and perplexity over the fixed eval batches."""
+  loss = weight = correct = 0.0
+  for batch in data.eval_batches():
+    s = jax.device_get(runtime.eval_step(params, batch))
+    loss, weight, correct = loss + float(s["loss"]), weight + float(s["weight"]), correct + float(s["correct"])
+  mean = loss / max(weight, 1.0)
+  return {"loss": mean, "accuracy": correct / max(weight, 1.0), "perplexity": math.exp(min(mean, 80.0)),
+          "tokens": weight}
+
+
+class _Signals:
+  """Turns SIGTERM into a flag the loop checks after each step (it then saves and stops)."""
+
+  def __init__(self):
+    self.stop = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.stop = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _progress(config, start: int, total: int):
+  if not config.train.progress:
+    return None
+  from tqdm.auto import tqdm
+  return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, smoothing=0.1)
+
+
+def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print) -> dict:
+  """Trains and evaluates as `config` says, in `workdir` (resuming from its checkpoints); returns the summary.
+
+  Writes WORKDIR/{config.json, tokenizer.json, metrics.jsonl, tensorboard/, checkpoints/, best/,
+  loss.png, summary.json}. Raises NonFiniteLossError (after keeping the last good checkpoint) when the
+  loss becomes NaN / inf. On SIGTERM it saves a checkpoint and returns with summary["stopped"]="sigterm".
+  """
+  t_start = time.time()
+  check_config(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  task = get_task(config.task)
+  t = config.train
+  data = RunData(config, task, workdir, log=log)
+  mc = model_config(config, task, data.tokenizer)
+  model = tfm.build(mc)
+  tx = make_optimizer(config.optimizer, t.steps)
+  schedule = learning_rate_schedule(config.optimizer, t.steps)
+  write_json(os.path.join(workdir, "config.json"), {"config": config.to_dict(), "model_config": mc.to_dict()})
+
+  runtime = make_runtime(config, model, tx, task, data.train_batch(0))
+  num_params = tfm.count_params(runtime.state.params)
+  ckpts = Checkpoints(workdir, t.keep_checkpoints)
+  restored = ckpts.restore(runtime.abstract_state)
+  tokens_seen, best_eval = 0, math.inf
+  if restored is not None:
+    state, meta = restored
+    tokens_seen = int(meta.get("tokens_seen", 0))
+    best_eval = float(meta.get("best_eval_loss", math.inf))
+    log(f"resumed from {ckpts.dir}/{int(state.step)} (step {int(state.step)}, data position {meta['data_position']})")
+  else:
+    state = runtime.state
+    if config.init_from:
+      state = state.replace(params=_load_init_params(config.init_from, state.params))
+      state = state.replace(opt_state=tx.init(state.params))
+      log(f"initialised params from {config.init_from}")
+  del runtime.state
+  start = int(state.step)
+  writer = MetricsWriter(workdir, resume_step=start)
+  log(f"model {config.model} ({mc.family}, {num_params:,} params), task {task.name}, {runtime.description}; "
+      f"{t.steps} steps of {t.batch_size} x {config.data.seq_len} tokens; workdir {workdir}")
+
+  def meta(step):
+    return {"step": step, "data_position": step, "tokens_seen": tokens_seen, "best_eval_loss": best_eval,
+            "seed": t.seed}
+
+  last_train, last_eval, stopped = None, None, None
+  last_ckpt = ckpts.latest_step()
+  bar = _progress(config, start, t.steps)
+  window_t, window_tokens = time.time(), 0.0
+  loss_acc, loss_n = 0.0, 0
+  try:
+    with _Signals() as sig:
+      step = start
+      while step < t.steps:
+        batch = data.train_batch(step)
+        state, metrics = runtime.train_step(state, batch)
+        loss = float(metrics["loss"])  # syncs: every step is checked for NaN before anything is saved
+        if not math.isfinite(loss):
+          where = f"the last good checkpoint is step {last_ckpt} in {ckpts.dir}" if last_ckpt is not None else \
+              "no checkpoint was written"
+          raise NonFiniteLossError(f"loss is {loss} at step {step + 1}; stopping ({where}; lower "
+                                   f"optimizer.learning_rate or set optimizer.grad_clip_norm)")
+        step += 1
+        ntok = float(metrics["tokens"])
+        tokens_seen += int(ntok)
+        window_tokens += ntok
+        loss_acc, loss_n = loss_acc + loss, loss_n + 1
+        if bar is not None:
+          bar.update(1)
+        if step % t.log_every == 0 or step == t.steps:
+          now = time.time()
+          tps = window_tokens / max(now - window_t, 1e-9)
+          last_train = writer.write(step, "train", {"loss": loss_acc / loss_n, "accuracy": float(metrics["accuracy"]),
+                                                    "learning_rate": float(schedule(step - 1)),
+                                                    "grad_norm": float(metrics["grad_norm"]), "tokens_per_sec": tps})
+          if bar is not None:
+            bar.set_postfix(loss=f"{last_train['loss']:.3f}", tok_s=f"{tps:,.0f}")
+          window_t, window_tokens, loss_acc, loss_n = now, 0.0, 0.0, 0
+        is_eval = step % t.eval_every == 0 or step == t.steps
+        if is_eval:
+          ev = evaluate(runtime, state.params, data)
+          last_eval = writer.write(step, "eval", ev)
+          msg = f"step {step}: eval loss {ev['loss']:.4f} (perplexity {ev['perplexity']:.2f}, accuracy {ev['accuracy']:.3f})"
+          if task.generates and t.sample_tokens:
+            msg += "\n" + _sample_text(model, state.params, data, t)
+          (bar.write if bar is not None else log)(msg)
+          window_t = time.time()  # eval time is not training throughput
+        out_of_time = t.max_wall_s and time.time() - t_start > t.max_wall_s
+        if step % t.checkpoint_every == 0 or step == t.steps or sig.stop or out_of_time or is_eval:
+          improved = is_eval and last_eval["loss"] < best_eval
+          if improved:
+            best_eval = last_eval["loss"]
+          if step % t.checkpoint_every == 0 or step == t.steps or sig.stop or out_of_time or improved:
+            ckpts.save(state, meta(step), best=improved)
+            last_ckpt = step
+        if sig.stop or out_of_time:
+          stopped = "sigterm" if sig.stop else "max_wall_s"
+          log(f"stopping at step {step} ({stopped}); checkpoint saved in {ckpts.dir}/{step}; "
+              f"run the same command again to resume")
+          break
+  finally:
+    if bar is not None:
+      bar.close()
+    writer.close()
+    ckpts.close()
+
+  if last_eval is None:  # resumed at the end: evaluate once so the summary has an eval loss
+    last_eval = evaluate(runtime, state.params, data)
+  plot = plot_losses(workdir)
+  train_loss = last_train["loss"] if last_train else _last_logged(workdir, "train")
+  summary = {"train_loss": train_loss, "eval_loss": last_eval["loss"], "eval_perplexity": last_eval["perplexity"],
+             "eval_accuracy": last_eval["accuracy"], "steps": int(state.step), "wall_time_s": time.time() - t_start,
+             "num_params": num_params, "tokens_seen": tokens_seen, "task": task.name, "model": config.model,
+             "best_eval_loss": min(best_eval, last_eval["loss"])}
+  if stopped:
+    summary["stopped"] = stopped
+  write_json(os.path.join(workdir, "summary.json"), summary)
+  log(f"eval loss {summary['eval_loss']:.4f} after {summary['steps']} steps ({summary['wall_time_s']:.0f}s); "
+      f"results in {workdir}: summary.json, metrics.jsonl, {os.path.basename(plot)}, tensorboard/, checkpoints/")
+  if task.generates and t.sample_tokens:
+    log(_sample_text(model, state.params, data, t))
+  summary["params"] = state.params  # for callers (tests); not written to summary.json
+  return summary
+
+
+def _last_logged(workdir: str, split: str) -> Optional[float]:
+  from tfm.train.writers import read_metrics
+  vals = [r["loss"] for r in read_metrics(workdir) if r["split"] == split]
+  return vals[-1] if vals else None
+
+
+def _sample_text(model, params, data: RunData, t) -> str:
+  """Returns a printable generated sample (prompt + continuation)."""
+  tok = data.tokenizer
+  prompt = tok.encode(t.sample_prompt) if t.sample_prompt else data.sample_prompt(32)
+  ids = greedy_sample(model, params, prompt, t.sample_tokens)
+  return f"sample: {tok.decode(prompt)!r} -> {tok.decode(ids)!r}"
