@@ -138,9 +138,14 @@ class MemoryMonitor:
     if self._device_peak() is not None:
       self.source = "device"
     else:
-      self.peak_bytes = _rss_bytes()
+      self.peak_bytes = max(self.peak_bytes or 0, _rss_bytes())
       self._thread = threading.Thread(target=self._poll, daemon=True)
       self._thread.start()
+    return self
+
+  def resume(self) -> "MemoryMonitor":
+    """Returns self, to be entered again: the peak keeps growing from where it was."""
+    self._stop = threading.Event()
     return self
 
   def __exit__(self, *exc):

@@ -78,58 +78,81 @@ def _median(xs):
   return float(statistics.median(xs))
 
 
+class TfmRunner:
+  """A variant's model, state and compiled steps (compile time and memory measured while building)."""
+
+  def __init__(self, variant: Variant, forward: bool = True):
+    self.variant = variant
+    c = variant.spec.config
+    self.flops = model_flops(c, variant.batch, variant.seq, variant.tgt_seq)
+    self.train_ts: list[float] = []
+    self.fwd_ts: list[float] = []
+    self.loss = None
+    self.monitor = dev.MemoryMonitor()
+    with self.monitor:
+      steps = make_steps(c, random_batch(c, variant.batch, variant.seq, variant.tgt_seq))
+      self.rng = jax.random.PRNGKey(1)
+      self.batch = steps.batch
+      self.num_params = steps.num_params
+      t0 = time.perf_counter()
+      self.train = steps.train_step.lower(steps.state, steps.batch, self.rng).compile()
+      self.compile_s = time.perf_counter() - t0
+      self.forward_compile_s = None
+      self.fwd = None
+      if forward:
+        t0 = time.perf_counter()
+        self.fwd = steps.forward.lower(steps.state[0], steps.batch, self.rng).compile()
+        self.forward_compile_s = time.perf_counter() - t0
+      self.state = steps.state  # the compiled step donates it: only this reference stays live
+      del steps
+
+  def _step(self):
+    self.state, value = self.train(self.state, self.batch, self.rng)
+    return value
+
+  def time(self, warmup: int, iters: int) -> None:
+    """Times `iters` training steps (and forward passes) after `warmup` untimed ones; appends the seconds."""
+    with self.monitor.resume():
+      self.train_ts += dev.time_calls(self._step, warmup, iters)
+      self.loss = float(self._step())
+      if self.fwd is not None:
+        self.fwd_ts += dev.time_calls(lambda: self.fwd(self.state[0], self.batch, self.rng), max(1, warmup // 2), iters)
+
+  def record(self, local_peak: float, load_start) -> dict:
+    """Returns the variant's record from the timings so far."""
+    v, c, flops = self.variant, self.variant.spec.config, self.flops
+    mem_xla = self.train.memory_analysis()
+    rec = dict(
+        framework="tfm", model=v.label, preset=v.spec.name, family=c.family, seq_len=v.seq, tgt_len=v.tgt_seq,
+        batch_size=v.batch, tokens_per_step=flops.tokens, dtype=c.dtype, attention=c.attention_impl,
+        remat=c.remat, scan_layers=c.scan_layers, num_layers=c.num_layers, num_params=self.num_params,
+        flops_per_token=flops.train_per_token, train_flops_per_step=flops.train, compile_s=self.compile_s,
+        forward_compile_s=self.forward_compile_s, peak_memory_bytes=self.monitor.peak_bytes,
+        memory_source=self.monitor.source,
+        xla_temp_bytes=getattr(mem_xla, "temp_size_in_bytes", None) if mem_xla else None,
+        xla_step_bytes=_xla_step_bytes(mem_xla), peak_flops_local=local_peak, load_avg_start=load_start,
+        load_avg_end=dev.load_average(), iters=len(self.train_ts), final_loss=self.loss, **dev.device_info())
+    if self.train_ts:
+      step_s = _median(self.train_ts)
+      rec.update(train_step_s=step_s, train_step_min_s=min(self.train_ts), train_step_max_s=max(self.train_ts),
+                 train_tokens_per_sec=flops.tokens / step_s, train_flops_per_sec=flops.train / step_s,
+                 mfu_local=flops.train / step_s / local_peak)
+    if self.fwd_ts:
+      rec.update(forward_step_s=_median(self.fwd_ts), forward_tokens_per_sec=flops.tokens / _median(self.fwd_ts))
+    return rec
+
+
 def measure(variant: Variant, peak: dev.MatmulPeak, warmup: int = 2, iters: int = 5,
             compile_only: bool = False, forward: bool = True) -> dict:
   """Returns the record of one variant: timings, FLOPs, MFU vs the run's peak, compile time, memory."""
-  c = variant.spec.config
-  info = dev.device_info()
   load_start = dev.load_average()
   peak_before = peak.sample()
-  with dev.MemoryMonitor() as mem:
-    steps = make_steps(c, random_batch(c, variant.batch, variant.seq, variant.tgt_seq))
-    rng = jax.random.PRNGKey(1)
-    t0 = time.perf_counter()
-    train = steps.train_step.lower(steps.state, steps.batch, rng).compile()
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fwd = steps.forward.lower(steps.state[0], steps.batch, rng).compile()
-    forward_compile_s = time.perf_counter() - t0
-    train_ts, fwd_ts, loss = [], [], None
-    if not compile_only:
-      box = {"state": steps.state}
-      steps.state = None  # the compiled step donates the state: keep only the live copy in `box`
-
-      def one_step():
-        box["state"], value = train(box["state"], steps.batch, rng)
-        return value
-      train_ts = dev.time_calls(one_step, warmup, iters)
-      loss = float(one_step())
-      if forward:
-        fwd_ts = dev.time_calls(lambda: fwd(box["state"][0], steps.batch, rng), max(1, warmup // 2), iters)
-      del box
+  runner = TfmRunner(variant, forward=forward and not compile_only)
+  if not compile_only:
+    runner.time(warmup, iters)
   peak_after = peak.sample()
-  flops = model_flops(c, variant.batch, variant.seq, variant.tgt_seq)
-  mem_xla = train.memory_analysis()
-  local_peak = peak.flops(peak_before + peak_after)
-  rec = dict(
-      model=variant.label, preset=variant.spec.name, family=c.family, seq_len=variant.seq,
-      tgt_len=variant.tgt_seq, batch_size=variant.batch, tokens_per_step=flops.tokens, dtype=c.dtype,
-      attention=c.attention_impl, remat=c.remat, scan_layers=c.scan_layers, num_layers=c.num_layers,
-      num_params=steps.num_params, flops_per_token=flops.train_per_token, train_flops_per_step=flops.train,
-      compile_s=compile_s, forward_compile_s=forward_compile_s,
-      peak_memory_bytes=mem.peak_bytes, memory_source=mem.source,
-      xla_temp_bytes=getattr(mem_xla, "temp_size_in_bytes", None) if mem_xla else None,
-      xla_argument_bytes=getattr(mem_xla, "argument_size_in_bytes", None) if mem_xla else None,
-      xla_step_bytes=_xla_step_bytes(mem_xla),
-      peak_flops_local=local_peak, load_avg_start=load_start, load_avg_end=dev.load_average(),
-      warmup=warmup, iters=iters, final_loss=loss, **info)
-  if train_ts:
-    step_s = _median(train_ts)
-    rec.update(train_step_s=step_s, train_step_min_s=min(train_ts), train_step_max_s=max(train_ts),
-               train_tokens_per_sec=flops.tokens / step_s, train_flops_per_sec=flops.train / step_s,
-               mfu_local=flops.train / step_s / local_peak)
-  if fwd_ts:
-    rec.update(forward_step_s=_median(fwd_ts), forward_tokens_per_sec=flops.tokens / _median(fwd_ts))
+  rec = runner.record(peak.flops(peak_before + peak_after), load_start)
+  del runner
   return rec
 
 
