@@ -1,0 +1,57 @@
+"""What lives where: each array's sharding, and the bytes of parameters + optimizer state per device."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from tfm.parallel.sharding import path_name
+
+
+def _shard_bytes(x, sharding) -> int:
+  shape = sharding.shard_shape(tuple(x.shape)) if sharding is not None else tuple(x.shape)
+  return math.prod(shape) * np.dtype(x.dtype).itemsize
+
+
+def memory_per_device(state: Any, shardings: Any) -> dict:
+  """Returns {top-level field: (unsharded bytes, bytes on each device)} plus a "total" entry.
+
+  `state` may be real arrays or ShapeDtypeStructs (unboxed); its first path key groups the leaves
+  (e.g. params / opt_state / step of a train state).
+  """
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  shs = jax.tree_util.tree_leaves(shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+  if len(flat) != len(shs):
+    raise ValueError(f"state has {len(flat)} leaves but shardings has {len(shs)}")
+  out = {}
+  for (path, x), sh in zip(flat, shs):
+    group = path_name(path[:1]) if path else "state"
+    full = math.prod(x.shape) * np.dtype(x.dtype).itemsize
+    total, per = out.get(group, (0, 0))
+    out[group] = (total + full, per + _shard_bytes(x, sh))
+  out["total"] = (sum(v[0] for v in out.values()), sum(v[1] for v in out.values()))
+  return out
+
+
+def sharding_report(state: Any, shardings: Any, mesh=None) -> str:
+  """Returns a table: each array's path, shape, mesh PartitionSpec, per-device shape; byte totals."""
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  shs = jax.tree_util.tree_leaves(shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+  rows = [("array", "shape", "sharding", "per device")]
+  for (path, x), sh in zip(flat, shs):
+    spec = getattr(sh, "spec", None)
+    rows.append((path_name(path), str(tuple(x.shape)), str(tuple(spec)) if spec is not None else "-",
+                 str(sh.shard_shape(tuple(x.shape)))))
+  widths = [max(len(r[i]) for r in rows) for i in range(4)]
+  lines = []
+  if mesh is not None:
+    lines.append(f"mesh {dict(mesh.shape)} over {mesh.devices.size} devices")
+  lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+  mem = memory_per_device(state, shardings)
+  for group, (full, per) in mem.items():
+    lines.append(f"{group}: {full / 2**20:.3f} MiB unsharded, {per / 2**20:.3f} MiB per device "
+                 f"({100 * per / max(full, 1):.1f} %)")
+  return "\n".join(lines)
