@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import tfm  # noqa: E402
@@ -158,7 +159,7 @@ def test_logits_match_transformers_and_round_trip(case, tmp_path):
   assert all(np.std(r) > 1e-2 for r in ref), "reference outputs are too flat to test anything"
 
   config, params = tfm.from_pretrained(str(src))
-  out = tfm.build(config).apply({"params": params}, **j_in)
+  out = jax.jit(tfm.build(config).apply)({"params": params}, **j_in)  # one compile, not one per op
   got = list(out) if isinstance(out, tuple) else [out]
   got = [g for g in got if g is not None]
   assert len(got) == len(ref)
@@ -183,5 +184,5 @@ def test_comparison_detects_a_wrong_weight(tmp_path):
   config, params = tfm.from_pretrained(str(tmp_path))
   q = params["decoder"]["layers"]["layer_0"]["self_attention"]["query"]["kernel"]  # [embed, heads, head_dim]
   params["decoder"]["layers"]["layer_0"]["self_attention"]["query"]["kernel"] = q[:, ::-1]
-  got = tfm.build(config).apply({"params": params}, **j_in)
+  got = jax.jit(tfm.build(config).apply)({"params": params}, **j_in)
   assert _compare(got, ref, compare) > 100 * TOL
