@@ -63,14 +63,17 @@ def check_config(config) -> None:
   get_task(config.task)
 
 
-def model_config(config, task: Task, tokenizer) -> tfm.ModelConfig:
-  """Returns the validated ModelConfig: the preset, the overrides, and the tokenizer's vocabulary size."""
+def model_config(config, task: Task, tokenizer, base: Optional[tfm.ModelConfig] = None,
+                 num_labels: Optional[int] = None) -> tfm.ModelConfig:
+  """Returns the validated ModelConfig: the preset (or `base`), the overrides, the tokenizer's vocabulary size."""
   overrides = defaults.model_overrides(config)
-  preset = tfm.get_config(config.model)
+  preset = base if base is not None else tfm.get_config(config.model)
   if "vocab_size" not in overrides and not config.init_from:
     overrides["vocab_size"] = tokenizer.vocab_size
+  if num_labels:
+    overrides["num_labels"] = num_labels
   mc = preset.replace(**overrides) if overrides else preset
-  if mc.family != task.family:
+  if task.family != "any" and mc.family != task.family:
     raise ValueError(f"config field 'task'={task.name!r} trains {task.family!r} models; model {config.model!r} is "
                      f"{mc.family!r} (pick a matching preset, or another task)")
   if mc.vocab_size < tokenizer.vocab_size:
@@ -88,7 +91,7 @@ def model_config(config, task: Task, tokenizer) -> tfm.ModelConfig:
 def init_params(model, batch: dict, rng):
   """Returns boxed params of `model` initialised from the shapes of one example of `batch`."""
   inputs = jnp.asarray(batch["inputs"][:1])
-  if model.config.family == "encoder_decoder":
+  if model.config.family == "encoder_decoder" and "targets" in batch:
     return model.init(rng, inputs, decoder_input_ids=jnp.asarray(batch["targets"][:1]))["params"]
   return model.init(rng, inputs)["params"]
 
@@ -236,8 +239,20 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
   os.makedirs(workdir, exist_ok=True)
   task = get_task(config.task)
   t = config.train
-  data = RunData(config, task, workdir, log=log)
-  mc = model_config(config, task, data.tokenizer)
+  start_point = None
+  if task.source == "labelled":
+    from tfm.train import classify
+    if config.init_from:
+      start_point = classify.prepare_start_point(config.init_from, workdir)
+    data = classify.ClassifyData(config, task, workdir, log=log, hf_tokenizer=start_point and start_point.hf_tokenizer)
+    mc = model_config(config, task, data.encoder, base=start_point and start_point.config,
+                      num_labels=len(data.label_names))
+  else:
+    data = RunData(config, task, workdir, log=log)
+    mc = model_config(config, task, data.tokenizer)
+  best_metric = t.get("best_metric", "loss")  # eval metric that picks the best checkpoint
+  higher_better = best_metric != "loss"
+  patience = int(t.get("early_stopping_patience", 0))  # evals without improvement before stopping (0: off)
   model = tfm.build(mc)
   tx = make_optimizer(config.optimizer, t.steps)
   schedule = learning_rate_schedule(config.optimizer, t.steps)
@@ -247,15 +262,20 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
   num_params = tfm.count_params(runtime.state.params)
   ckpts = Checkpoints(workdir, t.keep_checkpoints)
   restored = ckpts.restore(runtime.abstract_state)
-  tokens_seen, best_eval = 0, math.inf
+  tokens_seen, best_eval, evals_since_best, best_record = 0, (-math.inf if higher_better else math.inf), 0, None
   if restored is not None:
     state, meta = restored
     tokens_seen = int(meta.get("tokens_seen", 0))
-    best_eval = float(meta.get("best_eval_loss", math.inf))
+    best_eval = float(meta.get("best_eval", meta.get("best_eval_loss", math.inf)))
+    evals_since_best = int(meta.get("evals_since_best", 0))
+    best_record = meta.get("best_record")
     log(f"resumed from {ckpts.dir}/{int(state.step)} (step {int(state.step)}, data position {meta['data_position']})")
   else:
     state = runtime.state
-    if config.init_from:
+    if start_point is not None:
+      state = state.replace(params=classify.merge_backbone(state.params, start_point.params, config.init_from, log))
+      state = state.replace(opt_state=tx.init(state.params))
+    elif config.init_from:
       state = state.replace(params=_load_init_params(config.init_from, state.params))
       state = state.replace(opt_state=tx.init(state.params))
       log(f"initialised params from {config.init_from}")
@@ -266,7 +286,8 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
       f"{t.steps} steps of {t.batch_size} x {config.data.seq_len} tokens; workdir {workdir}")
 
   def meta(step):
-    return {"step": step, "data_position": step, "tokens_seen": tokens_seen, "best_eval_loss": best_eval,
+    return {"step": step, "data_position": step, "tokens_seen": tokens_seen, "best_eval": best_eval,
+            "best_metric": best_metric, "evals_since_best": evals_since_best, "best_record": best_record,
             "seed": t.seed}
 
   last_train, last_eval, stopped = None, None, None
@@ -305,22 +326,36 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
         is_eval = step % t.eval_every == 0 or step == t.steps
         if is_eval:
           ev = evaluate(runtime, state.params, data)
+          if task.source == "labelled":
+            details = classify.classification_eval(model, state.params, data)
+            ev.update({k: v for k, v in details.items() if isinstance(v, float)})
+            write_json(os.path.join(workdir, "eval_classification.json"), {"step": step, **details})
           last_eval = writer.write(step, "eval", ev)
           msg = f"step {step}: eval loss {ev['loss']:.4f} (perplexity {ev['perplexity']:.2f}, accuracy {ev['accuracy']:.3f})"
+          if task.source == "labelled":
+            msg += f", macro-F1 {ev['macro_f1']:.3f}, MCC {ev['mcc']:.3f}"
           if task.generates and t.sample_tokens:
             msg += "\n" + _sample_text(model, state.params, data, t)
           (bar.write if bar is not None else log)(msg)
           window_t = time.time()  # eval time is not training throughput
         out_of_time = t.max_wall_s and time.time() - t_start > t.max_wall_s
         if step % t.checkpoint_every == 0 or step == t.steps or sig.stop or out_of_time or is_eval:
-          improved = is_eval and last_eval["loss"] < best_eval
+          value = last_eval[best_metric] if is_eval else None
+          improved = is_eval and (value > best_eval if higher_better else value < best_eval)
           if improved:
-            best_eval = last_eval["loss"]
+            best_eval, evals_since_best, best_record = value, 0, dict(last_eval)
+            if task.source == "labelled":
+              write_json(os.path.join(workdir, "best_eval_classification.json"), {"step": step, **details})
+          elif is_eval:
+            evals_since_best += 1
           if step % t.checkpoint_every == 0 or step == t.steps or sig.stop or out_of_time or improved:
             ckpts.save(state, meta(step), best=improved)
             last_ckpt = step
-        if sig.stop or out_of_time:
-          stopped = "sigterm" if sig.stop else "max_wall_s"
+        early = bool(patience) and evals_since_best >= patience
+        if early and not (step % t.checkpoint_every == 0 or step == t.steps):
+          ckpts.save(state, meta(step))
+        if sig.stop or out_of_time or early:
+          stopped = "sigterm" if sig.stop else ("max_wall_s" if out_of_time else "early_stopping")
           log(f"stopping at step {step} ({stopped}); checkpoint saved in {ckpts.dir}/{step}; "
               f"run the same command again to resume")
           break
@@ -337,7 +372,13 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
   summary = {"train_loss": train_loss, "eval_loss": last_eval["loss"], "eval_perplexity": last_eval["perplexity"],
              "eval_accuracy": last_eval["accuracy"], "steps": int(state.step), "wall_time_s": time.time() - t_start,
              "num_params": num_params, "tokens_seen": tokens_seen, "task": task.name, "model": config.model,
-             "best_eval_loss": min(best_eval, last_eval["loss"])}
+             "best_metric": best_metric, f"best_eval_{best_metric}": best_eval}
+  if best_record is not None:
+    summary.update({f"best_eval_{k}": v for k, v in best_record.items() if k not in ("step", "split")})
+    summary["best_step"] = best_record["step"]
+  if task.source == "labelled":
+    summary.update({f"eval_{k}": last_eval[k] for k in ("macro_f1", "mcc") if k in last_eval})
+    summary["labels"] = data.label_names
   if stopped:
     summary["stopped"] = stopped
   write_json(os.path.join(workdir, "summary.json"), summary)

@@ -6,6 +6,7 @@
 | mlm     | encoder         | 15 % of tokens chosen: 80 % [MASK], 10 % random, 10 % kept | chosen tokens    |
 | span    | encoder_decoder | T5 span corruption: 15 % noise, mean span 3, sentinels   | target spans     |
 | seq2seq | encoder_decoder | (input, target) pairs                                    | target tokens    |
+| classify| any             | labelled examples (tfm.train.classify.ClassifyData)      | the label        |
 
 `TASKS` is the dispatch table; a new task is one more row. Losses return *sums* (loss, weight,
 correct) so gradient accumulation and data parallelism can add them up exactly before dividing.
@@ -165,13 +166,18 @@ def seq2seq_loss(model, params, batch, rng, deterministic):
   return cross_entropy_sums(logits, batch["targets"], batch["weights"])
 
 
+def _classify_loss(model, params, batch, rng, deterministic):
+  from tfm.train.classify import classify_loss  # pylint: disable=import-outside-toplevel
+  return classify_loss(model, params, batch, rng, deterministic)
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   """One objective: which model family it trains, how batches are made, how the loss is computed."""
 
   name: str
   family: str
-  source: str                          # "stream" (windows of packed documents) or "pairs" (seq2seq)
+  source: str                          # "stream" (packed documents), "pairs" (seq2seq) or "labelled"
   raw_len: Callable[[int], int]        # seq_len -> tokens per window taken from the stream
   make_batch: Optional[Callable]       # (ids, segs, tokenizer, rng) -> batch (stream tasks)
   loss: Callable                       # (model, params, batch, rng, deterministic) -> sums
@@ -185,6 +191,7 @@ TASKS = {
     "span": Task("span", "encoder_decoder", "stream", lambda n: n, span_batch, seq2seq_loss,
                  num_sentinels=lambda n: span_lengths(n)[1]),
     "seq2seq": Task("seq2seq", "encoder_decoder", "pairs", lambda n: n, None, seq2seq_loss),
+    "classify": Task("classify", "any", "labelled", lambda n: n, None, _classify_loss),
 }
 
 
