@@ -225,20 +225,21 @@ def save_pretrained(config: ModelConfig, params, path: str, *, architecture: Opt
   for k, want in shapes.items():
     if k in flat and tuple(np.shape(flat[k])) != want:
       raise ValueError(f"parameter {k} has shape {tuple(np.shape(flat[k]))}; the config needs {want}")
-  missing = sorted(set(shapes) - set(flat))
-  if missing:
-    raise ValueError(f"params lack {len(missing)} parameter(s) of this config: {missing[:12]}")
+  missing, extra = sorted(set(shapes) - set(flat)), sorted(set(flat) - set(shapes))
+  if missing or extra:
+    raise ValueError(f"params do not match the config: missing {missing[:12]}, not in the model {extra[:12]}")
   bound = bind(family.rules, shapes, max(config.num_layers, config.decoder_layers), prefix)
-  tensors = tfm_to_hf(bound, {k: np.asarray(jax.device_get(flat[k]), np.float32) for k in shapes})
   fields = family.to_hf(config, head_kind)
   # The written config must map back onto this config, or transformers would build another model.
-  has = lambda name: name in tensors or prefix + name in tensors
+  written = {b.hf for b in bound if not b.alias}
+  has = lambda name: name in written or prefix + name in written
   back = ModelConfig(**family.to_tfm(dict(fields), head_kind, config.tie_embeddings, has))
   want, got = _effective(config), _effective(back)
   diff = {k: (want[k], got.get(k)) for k in want if got.get(k) != want[k]}
   if diff:
     raise ValueError(f"config cannot be written as {architecture}: field(s) "
                      + ", ".join(f"{k}={a!r} (would load as {b!r})" for k, (a, b) in sorted(diff.items())))
+  tensors = tfm_to_hf(bound, {k: np.asarray(jax.device_get(flat[k]), np.float32) for k in shapes})
   fields.update(architectures=[architecture], dtype="float32")
   fields.update(hf_config or {})
   path = os.path.abspath(os.path.expanduser(path))

@@ -513,6 +513,9 @@ def resolve(architecture: Optional[str]) -> tuple[Family, str]:
 def architecture_of(c: ModelConfig, family: Optional[str] = None) -> str:
   """Returns the HF architecture name that matches a tfm config (by its position scheme and heads)."""
   if family is None:
+    if c.position not in ("learned", "relative", "rope"):
+      raise ValueError(f"no Hugging Face architecture in tfm's tables uses position={c.position!r}; supported "
+                       f"architectures: {sorted(ARCHITECTURES)}")
     if c.position == "relative":
       family = "t5"
     elif c.position == "rope":

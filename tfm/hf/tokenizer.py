@@ -63,8 +63,8 @@ def _byte_bpe(directory: str, cfg: dict) -> Tokenizer:
   cls_name = cfg.get("tokenizer_class", "")
   if any(name in cls_name for name in ("Roberta", "Bart")):
     bos, eos = _token(cfg, "bos_token", "<s>"), _token(cfg, "eos_token", "</s>")
-    tok.post_processor = processors.RobertaProcessing(sep=(eos, _special_id(tok, eos, vocab)),
-                                                      cls=(bos, _special_id(tok, bos, vocab)),
+    tok.post_processor = processors.RobertaProcessing((eos, _special_id(tok, eos, vocab)),
+                                                      (bos, _special_id(tok, bos, vocab)),
                                                       add_prefix_space=prefix_space)
     specials = [bos, eos, _token(cfg, "unk_token", "<unk>"), _token(cfg, "pad_token", "<pad>"),
                 _token(cfg, "mask_token", "<mask>")]
