@@ -74,6 +74,21 @@ class _TfmPairEncoder:
     return ids, types
 
 
+def make_encoder(tokenizer):
+  """Returns the pair encoder of a tfm tokenizer or of a Hugging Face `tokenizers.Tokenizer`."""
+  return _TfmPairEncoder(tokenizer) if hasattr(tokenizer, "eos_id") else _HFPairEncoder(tokenizer)
+
+
+def encode_examples(encoder, texts, texts_b, seq_len: int) -> tuple[dict, int, int]:
+  """Returns (model inputs of the texts, number truncated, longest length) as [n, seq_len] arrays."""
+  ids, types = encoder.encode_pairs(texts, texts_b)
+  ids_arr, cut = _pad_rows(ids, seq_len, encoder.pad_id)
+  types_arr, _ = _pad_rows(types, seq_len, 0)
+  lengths = np.minimum([len(r) for r in ids], seq_len)
+  mask = (np.arange(seq_len)[None] < lengths[:, None]).astype(np.int32)
+  return {"inputs": ids_arr, "token_types": types_arr, "attention_mask": mask}, cut, max(map(len, ids), default=0)
+
+
 def _pad_rows(rows, length: int, pad: int) -> tuple[np.ndarray, int]:
   """Returns ([n, length] array of rows cut / padded to `length`, number of rows that were cut)."""
   out = np.full((len(rows), length), pad, np.int32)
@@ -109,23 +124,22 @@ class ClassifyData:
     if len(names) < 2:
       raise ValueError(f"{train.source}: classification needs at least 2 distinct labels; found {names}")
     self.label_names = names
-    with open(labels_path + ".tmp", "w") as f:
-      json.dump({"labels": names, "label_column": d.label_column}, f, indent=1)
-    os.replace(labels_path + ".tmp", labels_path)
-
     tok_path = os.path.join(workdir, "tokenizer.json")
     if hf_tokenizer is not None:
       self.tokenizer = hf_tokenizer
       hf_tokenizer.save(tok_path)
-      self.encoder = _HFPairEncoder(hf_tokenizer)
+    elif os.path.exists(tok_path):
+      self.tokenizer = load_tokenizer(tok_path)
     else:
-      if os.path.exists(tok_path):
-        self.tokenizer = load_tokenizer(tok_path)
-      else:
-        texts = train.texts + (train.texts_b or [])
-        self.tokenizer = build_tokenizer(d.tokenizer, texts, vocab_size=d.vocab_size)
-        save_tokenizer(self.tokenizer, tok_path)
-      self.encoder = _TfmPairEncoder(self.tokenizer)
+      texts = train.texts + (train.texts_b or [])
+      self.tokenizer = build_tokenizer(d.tokenizer, texts, vocab_size=d.vocab_size)
+      save_tokenizer(self.tokenizer, tok_path)
+    self.encoder = make_encoder(self.tokenizer)
+    with open(labels_path + ".tmp", "w") as f:
+      json.dump({"labels": names, "label_column": d.label_column, "text_column": d.text_column,
+                 "text_b_column": d.text_b_column, "seq_len": d.seq_len,
+                 "tokenizer": "hf" if hf_tokenizer is not None else "tfm"}, f, indent=1)
+    os.replace(labels_path + ".tmp", labels_path)
     self.pad_id = self.encoder.pad_id
     self.vocab_size = self.encoder.vocab_size
 
@@ -144,15 +158,12 @@ class ClassifyData:
         f"({time.time() - t0:.1f}s)")
 
   def _encode(self, split, name, seq_len, log) -> dict:
-    ids, types = self.encoder.encode_pairs(split.texts, split.texts_b)
-    ids_arr, cut = _pad_rows(ids, seq_len, self.pad_id)
-    types_arr, _ = _pad_rows(types, seq_len, 0)
+    out, cut, longest = encode_examples(self.encoder, split.texts, split.texts_b, seq_len)
     if cut:
-      log(f"NOTE: {cut} of {len(ids)} {name} examples are longer than data.seq_len={seq_len} tokens and were "
-          f"truncated (the longest has {max(len(r) for r in ids)}); raise data.seq_len to keep them whole")
-    lengths = np.minimum([len(r) for r in ids], seq_len)
-    mask = (np.arange(seq_len)[None] < lengths[:, None]).astype(np.int32)
-    return {"inputs": ids_arr, "token_types": types_arr, "attention_mask": mask, "labels": split.labels}
+      log(f"NOTE: {cut} of {len(split.texts)} {name} examples are longer than data.seq_len={seq_len} tokens and "
+          f"were truncated (the longest has {longest}); raise data.seq_len to keep them whole")
+    out["labels"] = split.labels
+    return out
 
   def _batch(self, src: dict, idx: np.ndarray) -> dict:
     b = {k: v[idx] for k, v in src.items()}

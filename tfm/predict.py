@@ -1,0 +1,122 @@
+"""Predict labels of new texts with a trained classifier.
+
+    python -m tfm.predict --workdir runs/sst2 --input texts.txt            # one text per line
+    python -m tfm.predict --workdir runs/sst2 --input reviews.csv --output preds.csv
+
+Reads WORKDIR/config.json, labels.json, tokenizer.json and the best checkpoint (WORKDIR/best; the
+newest of WORKDIR/checkpoints with --checkpoint latest). Input: a .txt file (one text per line) or
+a CSV / TSV / JSONL file with the run's text column (and second text column for pair tasks).
+Output (JSONL, or CSV when --output ends in .csv): the text, the predicted label and the
+probability of every label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+import tfm
+from tfm.data import sources
+from tfm.train.classify import classify_logits, encode_examples, make_encoder
+
+
+def _read_inputs(path: str, text_column: str, text_b_column: str):
+  """Returns (texts, second texts or None) of a .txt / .csv / .tsv / .jsonl file."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--input {path!r} does not exist")
+  ext = os.path.splitext(path)[1].lower()
+  if ext in (".csv", ".tsv", ".jsonl", ".json"):
+    fmt = {".json": "jsonl"}.get(ext, ext[1:])
+    fields = [text_column] + ([text_b_column] if text_b_column else [])
+    rows = list(sources.read_records(path, fmt, fields))
+    texts, texts_b = [r[text_column] for r in rows], ([r[text_b_column] for r in rows] if text_b_column else None)
+  else:
+    with open(path, encoding="utf-8") as f:
+      texts, texts_b = [line.rstrip("\n") for line in f if line.strip()], None
+  if not texts:
+    raise ValueError(f"--input {path!r} has no texts")
+  return texts, texts_b
+
+
+def _load_tokenizer(workdir: str, kind: str):
+  path = os.path.join(workdir, "tokenizer.json")
+  if kind == "hf":
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(path)
+  from tfm.data.tokenizers import load_tokenizer
+  return load_tokenizer(path)
+
+
+def _load_params(workdir: str, which: str):
+  import orbax.checkpoint as ocp
+  directory = os.path.join(workdir, "best" if which == "best" else "checkpoints")
+  if not os.path.isdir(directory) or not os.listdir(directory):
+    directory = os.path.join(workdir, "checkpoints")
+  mgr = ocp.CheckpointManager(directory, item_names=("state", "meta"))
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  mgr.close()
+  return state["params"], step
+
+
+def predict(workdir: str, texts, texts_b=None, *, checkpoint: str = "best", batch_size: int = 64):
+  """Returns (label names, [n, num_labels] probabilities) of the texts under the run in `workdir`."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    mc = tfm.ModelConfig(**json.load(f)["model_config"])
+  with open(os.path.join(workdir, "labels.json")) as f:
+    meta = json.load(f)
+  if not mc.num_labels:
+    raise ValueError(f"{workdir} is not a classification run (its model has no num_labels)")
+  model = tfm.build(mc)
+  params, _ = _load_params(workdir, checkpoint)
+  encoder = make_encoder(_load_tokenizer(workdir, meta.get("tokenizer", "tfm")))
+  inputs, _, _ = encode_examples(encoder, texts, texts_b, int(meta["seq_len"]))
+  fwd = jax.jit(lambda p, b: jax.nn.softmax(classify_logits(model, p, b).astype(np.float32), -1))
+  n = len(texts)
+  probs = []
+  for i in range(0, n, batch_size):
+    idx = np.arange(i, i + batch_size) % n  # fixed batch shape: one compilation
+    probs.append(np.asarray(fwd(params, {k: v[idx] for k, v in inputs.items()}))[: min(batch_size, n - i)])
+  return meta["labels"], np.concatenate(probs)
+
+
+def main(argv=None) -> int:
+  """Runs the command line; returns the exit code."""
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--workdir", required=True, help="the classification run's workdir")
+  ap.add_argument("--input", required=True, help=".txt (one text per line) or .csv / .tsv / .jsonl")
+  ap.add_argument("--output", default="", help="output path (.jsonl or .csv); default INPUT.predictions.jsonl")
+  ap.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+  ap.add_argument("--batch-size", type=int, default=64)
+  args = ap.parse_args(argv)
+  with open(os.path.join(args.workdir, "labels.json")) as f:
+    meta = json.load(f)
+  texts, texts_b = _read_inputs(args.input, meta.get("text_column", "text"), meta.get("text_b_column", ""))
+  names, probs = predict(args.workdir, texts, texts_b, checkpoint=args.checkpoint, batch_size=args.batch_size)
+  out = args.output or os.path.splitext(args.input)[0] + ".predictions.jsonl"
+  rows = [{"text": t, "label": names[int(np.argmax(p))], **{f"p_{n}": float(x) for n, x in zip(names, p)}}
+          for t, p in zip(texts, probs)]
+  tmp = out + ".tmp"
+  with open(tmp, "w", encoding="utf-8", newline="") as f:
+    if out.endswith(".csv"):
+      w = csv.DictWriter(f, fieldnames=list(rows[0]))
+      w.writeheader()
+      w.writerows(rows)
+    else:
+      for r in rows:
+        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  os.replace(tmp, out)
+  print(f"wrote {len(rows)} predictions to {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
