@@ -230,8 +230,7 @@ def load_tokenizer(path: str):
     return CharTokenizer(blob["chars"], nsent)
   from tokenizers import Tokenizer
   tok = Tokenizer.from_file(path)
-  added = sorted(((t.id, t.content) for t in tok.get_added_tokens_decoder().values()) if hasattr(
-      tok, "get_added_tokens_decoder") else [], key=lambda x: x[0])
+  added = sorted((i, t.content) for i, t in tok.get_added_tokens_decoder().items())
   specials = [c for i, c in added if c in set(special_tokens(1000)) | {"[UNK]"}]
   for s in BASE_SPECIALS:
     if s not in specials:

@@ -60,7 +60,7 @@ def train_step(state, batch, rng, *, model, tx, task, micro_batches=1, axis_name
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": sums["loss"] / denom, "accuracy": sums["correct"] / denom, "tokens": sums["weight"],
-             "grad_norm": optax.global_norm(grads)}
+             "grad_norm": optax.tree.norm(grads)}
   return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
 

@@ -1,0 +1,316 @@
+"""Training: overfitting, gradient accumulation, one short run per family, resume, bad input."""
+
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tfm
+from tfm.data.tokenizers import ByteTokenizer
+from tfm.train import objectives, train_and_evaluate
+from tfm.train.defaults import base_config
+from tfm.train.loop import NonFiniteLossError, init_params
+from tfm.train.optim import make_optimizer
+from tfm.train.state import create_train_state
+from tfm.train.step import train_step
+from tfm.train.tensorboard import crc32c
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(tmp_path, task="lm", **train):
+  """Returns a config for a few-second run of `task` on pydoc_topics with a tiny preset."""
+  c = base_config()
+  c.task = task
+  c.model = {"lm": "gpt2-tiny", "mlm": "bert-tiny", "span": "t5-tiny", "seq2seq": "t5-tiny"}[task]
+  c.model_overrides.num_layers = 1
+  c.model_overrides.d_model = 32
+  c.model_overrides.d_ff = 64
+  c.model_overrides.num_heads = 2
+  if task in ("span", "seq2seq"):
+    c.model_overrides.head_dim = 16
+  c.data.data_dir = str(tmp_path / "tfds")
+  c.data.seq_len = 32
+  c.data.target_len = 16
+  c.train.update(dict(steps=12, batch_size=4, eval_every=6, eval_batches=2, checkpoint_every=6, log_every=3,
+                      sample_tokens=8, progress=False))
+  c.train.update(train)
+  c.optimizer.warmup_steps = 2
+  c.lock()
+  return c
+
+
+# Steps ------------------------------------------------------------------------------------------
+
+def _lm_setup(micro_batches=1, lr=3e-3):
+  c = base_config()
+  c.optimizer.learning_rate = lr
+  c.optimizer.warmup_steps = 0
+  c.optimizer.schedule = "constant"
+  c.optimizer.weight_decay = 0.0
+  model = tfm.build(tfm.get_config("gpt2-tiny", num_layers=1, d_model=64, d_ff=128))
+  tok = ByteTokenizer()
+  text = "It is a truth universally acknowledged, that a single man in possession of a good fortune "
+  ids = tok.encode(text * 3)[: 4 * 33].reshape(4, 33)
+  batch = objectives.lm_batch(ids, np.ones_like(ids), tok, None)
+  tx = make_optimizer(c.optimizer, 1000)
+  params = jax.tree_util.tree_map(jnp.asarray, tfm.models.nn.meta.unbox(init_params(model, batch, jax.random.PRNGKey(0))))
+  state = create_train_state(params, tx, jax.random.PRNGKey(1))
+  step = jax.jit(lambda s, b: train_step(s, b, jax.random.PRNGKey(2), model=model, tx=tx, task=objectives.TASKS["lm"],
+                                         micro_batches=micro_batches))
+  return state, batch, step
+
+
+def test_overfits_one_batch():
+  state, batch, step = _lm_setup()
+  first = None
+  for _ in range(150):
+    state, m = step(state, batch)
+    first = float(m["loss"]) if first is None else first
+  assert first > 5.0            # ~ln(259) at initialisation
+  assert float(m["loss"]) < 0.1  # 4 x 32 tokens memorised
+  assert float(m["accuracy"]) > 0.98
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+  from tfm.train.step import loss_and_grad_sums
+  s, batch, _ = _lm_setup()
+  model = tfm.build(tfm.get_config("gpt2-tiny", num_layers=1, d_model=64, d_ff=128))
+  task = objectives.TASKS["lm"]
+  batch = dict(batch, weights=batch["weights"] * np.array([1, 0, 1, 1], np.float32)[:, None])  # unequal counts
+  g1, s1 = loss_and_grad_sums(s.params, batch, jax.random.PRNGKey(0), model=model, task=task, micro_batches=1)
+  g4, s4 = jax.jit(lambda p, b: loss_and_grad_sums(p, b, jax.random.PRNGKey(0), model=model, task=task,
+                                                  micro_batches=4))(s.params, batch)
+  assert float(s1["weight"]) == float(s4["weight"]) == 3 * 32
+  np.testing.assert_allclose(float(s1["loss"]), float(s4["loss"]), rtol=1e-6)
+  scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(g1))
+  for x, y in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g4)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_pmean_over_an_axis_matches_the_global_batch():
+  # Two halves of the batch on a named axis (vmap stands in for pmap) give the one-device update.
+  s, batch, _ = _lm_setup()
+  model = tfm.build(tfm.get_config("gpt2-tiny", num_layers=1, d_model=64, d_ff=128))
+  c = base_config().optimizer
+  tx = make_optimizer(c, 1000)
+  s = create_train_state(s.params, tx, s.rng)
+  task = objectives.TASKS["lm"]
+  batch = dict(batch, weights=batch["weights"] * np.array([1, 1, 0, 1], np.float32)[:, None])  # unequal counts
+  one, m1 = train_step(s, batch, jax.random.PRNGKey(0), model=model, tx=tx, task=task)
+  halves = jax.tree_util.tree_map(lambda x: x.reshape((2, 2) + x.shape[1:]), batch)
+  two, m2 = jax.vmap(lambda b: train_step(s, b, jax.random.PRNGKey(0), model=model, tx=tx, task=task, axis_name="d"),
+                     axis_name="d")(halves)
+  np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"][0]), rtol=1e-6)
+  np.testing.assert_allclose(float(m1["grad_norm"]), float(m2["grad_norm"][1]), rtol=1e-5)
+  np.testing.assert_allclose(float(m1["tokens"]), float(m2["tokens"][1]))
+  # Adam's first update is ~lr * sign(grad): compare where the gradient is not ~0.
+  assert int(one.step) == int(two.step[0]) == 1
+  moved = [np.mean(np.isclose(np.asarray(x), np.asarray(y[0]), rtol=1e-4, atol=1e-6))
+           for x, y in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(two.params))]
+  assert min(moved) > 0.95
+
+
+# End to end, one per family ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("task", ["lm", "mlm", "span"])
+def test_short_run_per_family(task, tmp_path, capsys):
+  c = tiny_config(tmp_path, task)
+  wd = str(tmp_path / "run")
+  summary = train_and_evaluate(c, wd)
+  for key in ("train_loss", "eval_loss", "steps", "wall_time_s", "num_params", "tokens_seen", "eval_perplexity"):
+    assert key in summary
+  assert summary["steps"] == 12
+  with open(os.path.join(wd, "summary.json")) as f:
+    on_disk = json.load(f)
+  assert on_disk["eval_loss"] == summary["eval_loss"] and on_disk["num_params"] == summary["num_params"]
+  vocab = summary["params"]  # noqa: F841 (params are returned for callers)
+  records = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
+  evals = [r for r in records if r["split"] == "eval"]
+  trains = [r for r in records if r["split"] == "train"]
+  assert [r["step"] for r in evals] == [6, 12] and [r["step"] for r in trains] == [3, 6, 9, 12]
+  for r in trains:
+    assert {"loss", "learning_rate", "tokens_per_sec", "accuracy", "perplexity"} <= set(r)
+  assert summary["eval_loss"] < math.log(259)  # better than uniform over the byte vocabulary
+  for name in ("config.json", "tokenizer.json", "loss.png", "summary.json"):
+    assert os.path.getsize(os.path.join(wd, name)) > 0
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["12", "6"]
+  assert os.listdir(os.path.join(wd, "tensorboard"))
+  out = capsys.readouterr().out
+  assert "eval loss" in out and wd in out
+  if task == "lm":
+    assert "sample:" in out
+
+
+def test_seq2seq_run_on_local_tsv(tmp_path):
+  rows = [(" ".join(w), " ".join(reversed(w))) for w in [("a", "b", "c"), ("dog", "cat"), ("x", "y", "z", "w")]] * 20
+  path = tmp_path / "pairs.tsv"
+  path.write_text("input\ttarget\n" + "".join(f"{a}\t{b}\n" for a, b in rows))
+  c = tiny_config(tmp_path, "seq2seq")
+  c.data.name = "local_files"
+  c.data.train_files = str(path)
+  c.data.validation_fraction = 0.2
+  summary = train_and_evaluate(c, str(tmp_path / "run"))
+  assert summary["steps"] == 12 and math.isfinite(summary["eval_loss"])
+
+
+def test_tensorboard_events_are_valid_records(tmp_path):
+  assert crc32c(b"123456789") == 0xE3069283  # the standard CRC-32C check value
+  train_and_evaluate(tiny_config(tmp_path, steps=6, eval_every=6, log_every=3), str(tmp_path / "run"))
+  tb = tmp_path / "run" / "tensorboard"
+  (name,) = os.listdir(tb)
+  data = (tb / name).read_bytes()
+  pos, records = 0, []
+  from tfm.train.tensorboard import masked_crc
+  while pos < len(data):
+    (n,) = struct.unpack("<Q", data[pos:pos + 8])
+    assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked_crc(data[pos:pos + 8])
+    rec = data[pos + 12:pos + 12 + n]
+    assert struct.unpack("<I", data[pos + 12 + n:pos + 16 + n])[0] == masked_crc(rec)
+    records.append(rec)
+    pos += 16 + n
+  assert b"brain.Event:2" in records[0]
+  assert any(b"train/loss" in r for r in records) and any(b"eval/loss" in r for r in records)
+
+
+# Resume, signals, bad input ---------------------------------------------------------------------
+
+def _cmd(wd, tmp_path, *extra):
+  return [sys.executable, os.path.join(ROOT, "train.py"), "--workdir", str(wd),
+          f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.model=gpt2-tiny",
+          "--config.model_overrides.num_layers=1", "--config.model_overrides.d_model=32",
+          "--config.model_overrides.d_ff=64", "--config.data.seq_len=32", "--config.train.batch_size=4",
+          "--config.train.steps=40", "--config.train.eval_every=40", "--config.train.eval_batches=1",
+          "--config.train.checkpoint_every=10", "--config.train.log_every=10", "--config.train.progress=False",
+          "--config.train.sample_tokens=0", "--config.model_overrides.dropout_rate=0.1", *extra]
+
+
+def _final_params(wd):
+  import orbax.checkpoint as ocp
+  with ocp.CheckpointManager(os.path.join(wd, "checkpoints"), item_names=("state", "meta")) as m:
+    out = m.restore(m.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return out["state"]["params"], m.latest_step()
+
+
+def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  full = tmp_path / "full"
+  subprocess.run(_cmd(full, tmp_path), check=True, env=env, capture_output=True)
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_cmd(killed, tmp_path, "--config.train.steps=40"), env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt = killed / "checkpoints" / "20"
+  deadline = time.time() + 240
+  while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.kill()  # SIGKILL: no chance to save anything more
+  proc.wait()
+  assert ckpt.exists(), "the run never reached its step-20 checkpoint"
+  assert not (killed / "summary.json").exists()
+  done = subprocess.run(_cmd(killed, tmp_path), env=env, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "resumed from" in done.stdout
+  a, sa = _final_params(full)
+  b, sb = _final_params(killed)
+  assert sa == sb == 40
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    assert np.array_equal(np.asarray(x), np.asarray(y))  # bitwise
+  ma = [json.loads(l) for l in open(full / "metrics.jsonl")]
+  mb = [json.loads(l) for l in open(killed / "metrics.jsonl")]
+  assert [r["step"] for r in ma] == [r["step"] for r in mb]
+  assert [r["loss"] for r in ma] == [r["loss"] for r in mb]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+  wd = tmp_path / "run"
+  proc = subprocess.Popen(_cmd(wd, tmp_path, "--config.train.steps=100000", "--config.train.checkpoint_every=1000"),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 240
+  metrics = wd / "metrics.jsonl"
+  while (not metrics.exists() or metrics.stat().st_size == 0) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.terminate()  # SIGTERM
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 143, out[-3000:]
+  steps = [int(s) for s in os.listdir(wd / "checkpoints")]
+  assert len(steps) == 1 and 10 <= steps[0] < 1000
+  assert f"stopping at step {steps[0]} (sigterm)" in out
+  assert json.load(open(wd / "summary.json"))["stopped"] == "sigterm"
+
+
+def test_unknown_config_field_is_an_error_naming_it(tmp_path):
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--workdir", str(tmp_path / "w"),
+                      "--config.train.stpes=3"], capture_output=True, text=True)
+  assert r.returncode != 0
+  assert "stpes" in r.stderr
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--workdir", str(tmp_path / "w"),
+                      "--config.model_overrides.num_layer=3"], capture_output=True, text=True)
+  assert r.returncode != 0 and "num_layer" in r.stderr
+  assert not (tmp_path / "w").exists()  # nothing was started
+
+
+def test_bad_values_name_the_field(tmp_path):
+  c = tiny_config(tmp_path, task="mlm")
+  c.model = "gpt2-tiny"
+  with pytest.raises(ValueError, match="task.*'mlm'.*encoder.*decoder"):
+    train_and_evaluate(c, str(tmp_path / "a"))
+  c = tiny_config(tmp_path)
+  c.task = "classify_things"
+  with pytest.raises(ValueError, match="'task' must be one of"):
+    train_and_evaluate(c, str(tmp_path / "b"))
+  c = tiny_config(tmp_path, batch_size=6, micro_batches=4)
+  with pytest.raises(ValueError, match="train.batch_size.*micro_batches"):
+    train_and_evaluate(c, str(tmp_path / "c"))
+
+
+def test_missing_dataset_fails_fast(tmp_path, monkeypatch):
+  import socket
+  from tfm.data.sources import DataUnavailableError
+  monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+  c = tiny_config(tmp_path)
+  c.data.name = "lm1b"
+  t0 = time.time()
+  with pytest.raises(DataUnavailableError, match="lm1b.*needs a download"):
+    train_and_evaluate(c, str(tmp_path / "run"))
+  assert time.time() - t0 < 30
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
+  wd = str(tmp_path / "run")
+  train_and_evaluate(tiny_config(tmp_path, steps=12, checkpoint_every=6, eval_every=12), wd)
+  latest = os.path.join(wd, "checkpoints", "12", "state")
+  for root, _, files in os.walk(latest):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"garbage")
+  capsys.readouterr()
+  summary = train_and_evaluate(tiny_config(tmp_path, steps=18, checkpoint_every=6, eval_every=12), wd)
+  out = capsys.readouterr().out
+  assert "checkpoint at step 12 could not be read" in out
+  assert "falling back to the previous checkpoint (step 6)" in out
+  assert "resumed from" in out and "(step 6," in out
+  assert summary["steps"] == 18
+  assert os.listdir(os.path.join(wd, "corrupt_checkpoints"))
+  assert sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints"))) == [6, 12, 18]
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
+  c = tiny_config(tmp_path, steps=20, checkpoint_every=1, eval_every=20)
+  c.optimizer.learning_rate = 1e30  # the first update blows the weights up; the next loss is not finite
+  c.optimizer.warmup_steps = 0
+  c.optimizer.grad_clip_norm = 0.0
+  wd = tmp_path / "run"
+  with pytest.raises(NonFiniteLossError, match=r"at step (\d+).*last good checkpoint is step") as e:
+    train_and_evaluate(c, str(wd))
+  import re
+  bad = int(re.search(r"at step (\d+)", str(e.value)).group(1))
+  kept = sorted(int(s) for s in os.listdir(wd / "checkpoints"))
+  assert kept and max(kept) == bad - 1  # nothing saved at or after the bad step
