@@ -196,9 +196,16 @@ def test_presets_export_to_transformers_with_equal_logits(tmp_path):
 
 
 def test_convert_cli_round_trip_through_orbax(gpt2_dir, tmp_path):
+  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+  src = _copy(gpt2_dir, tmp_path / "src")
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+  tok.train_from_iterator(["hello world, hello tfm"], trainers.BpeTrainer(vocab_size=300))
+  tok.save(os.path.join(src, "tokenizer.json"))
   ckpt = tmp_path / "ckpt"
-  assert convert.main(["--from-hf", gpt2_dir, "--out", str(ckpt)]) == 0
-  assert sorted(os.listdir(ckpt)) == ["config.json", "params"]
+  assert convert.main(["--from-hf", src, "--out", str(ckpt)]) == 0
+  assert sorted(os.listdir(ckpt)) == ["config.json", "params", "tokenizer.json"]
+  assert tfm.load_tokenizer(str(ckpt)).encode("hello tfm").ids == tok.encode("hello tfm").ids
   config, params = load_params(str(ckpt))
   ref_config, ref_params = tfm.from_pretrained(gpt2_dir)
   assert config == ref_config
@@ -207,6 +214,12 @@ def test_convert_cli_round_trip_through_orbax(gpt2_dir, tmp_path):
     save_params(params, config, str(ckpt))  # never overwrites a checkpoint
   hf_out = tmp_path / "hf"
   assert convert.main(["--to-hf", str(ckpt), "--out", str(hf_out)]) == 0
+  assert sorted(os.listdir(hf_out)) == ["config.json", "model.safetensors", "tokenizer.json"]
   back = transformers.GPT2LMHeadModel.from_pretrained(hf_out).eval()
   ref = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
   np.testing.assert_allclose(_torch_logits(back), _torch_logits(ref), atol=1e-6)
+  # --scan-layers writes the stacked layout that a scan_layers=True training config restores.
+  scanned = tmp_path / "scanned"
+  assert convert.main(["--from-hf", src, "--out", str(scanned), "--scan-layers"]) == 0
+  s_config, s_params = load_params(str(scanned))
+  assert s_config.scan_layers and s_params["decoder"]["layers"]["layers"]["mlp"]["wo"]["kernel"].shape == (2, 128, 32)

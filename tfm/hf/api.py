@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -33,6 +33,14 @@ CONFIG = "config.json"
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TRUE = {"1", "true", "yes", "on"}
+# Tokenizer files that travel with a model between formats.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt")
+
+
+def tokenizer_files(directory: str) -> list[str]:
+  """Returns the paths of the tokenizer files present in `directory`."""
+  return [os.path.join(directory, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))]
 
 
 def _offline() -> bool:
@@ -209,11 +217,12 @@ def _effective(c: ModelConfig) -> dict:
 
 
 def save_pretrained(config: ModelConfig, params, path: str, *, architecture: Optional[str] = None,
-                    hf_config: Optional[dict] = None) -> str:
+                    hf_config: Optional[dict] = None, extra_files: Sequence[str] = ()) -> str:
   """Writes config.json + model.safetensors that transformers loads with from_pretrained; returns `path`.
 
   `architecture` picks the HF class (default: inferred from the config, e.g. LlamaForCausalLM);
-  `hf_config` adds or replaces config.json fields (e.g. token ids). Raises ValueError, writing
+  `hf_config` adds or replaces config.json fields (e.g. token ids); `extra_files` (tokenizer files)
+  are copied into the directory. Raises ValueError, writing
   nothing, when the config has no exact equivalent in that architecture or a shape is wrong.
   """
   architecture = architecture or fam.architecture_of(config)
@@ -250,6 +259,8 @@ def save_pretrained(config: ModelConfig, params, path: str, *, architecture: Opt
     with open(os.path.join(tmp, CONFIG), "w") as f:
       json.dump(fields, f, indent=2, sort_keys=True)
     io.write_safetensors(tensors, os.path.join(tmp, io.SAFETENSORS))
+    for extra in extra_files:
+      shutil.copy(extra, tmp)
     _move_into(tmp, path)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

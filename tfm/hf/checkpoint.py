@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import orbax.checkpoint as ocp
@@ -23,9 +23,10 @@ CONFIG = "config.json"
 PARAMS = "params"
 
 
-def save_params(params, config: ModelConfig, directory: str) -> str:
+def save_params(params, config: ModelConfig, directory: str, extra_files: Sequence[str] = ()) -> str:
   """Writes params (orbax, under "params") and config.json into `directory`; returns its absolute path.
 
+  `extra_files` (e.g. tokenizer.json) are copied next to them.
   The checkpoint is written to a temporary sibling and renamed, so a failure leaves nothing behind.
   An existing non-empty `directory` is an error (nothing is overwritten).
   """
@@ -41,6 +42,8 @@ def save_params(params, config: ModelConfig, directory: str) -> str:
     checkpointer.wait_until_finished()
     with open(os.path.join(tmp, CONFIG), "w") as f:
       json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+    for path in extra_files:
+      shutil.copy(path, tmp)
     if os.path.exists(directory):
       os.rmdir(directory)  # empty (checked above)
     os.replace(tmp, directory)
