@@ -57,7 +57,7 @@ def resolve_directory(path_or_id: str) -> str:
   if path.startswith((".", "/", "~")) or not _HUB_ID.match(path):
     raise FileNotFoundError(f"{path}: no such directory")
   hint = (f"{path!r} is not a local directory; pass a local directory with config.json and model.safetensors "
-          f"(e.g. one written by transformers' save_pretrained or `huggingface-cli download {path} --local-dir DIR`)")
+          f"(e.g. one written by transformers' save_pretrained or `hf download {path} --local-dir DIR`)")
   try:
     from huggingface_hub import snapshot_download
   except ImportError:
