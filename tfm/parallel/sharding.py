@@ -59,9 +59,36 @@ def path_name(path) -> str:
   return "/".join(parts)
 
 
+def _mesh_axes(axes) -> tuple:
+  return () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+
+
+def logical_to_mesh_spec(names: Sequence[Optional[str]], rules: Rules) -> P:
+  """Returns the PartitionSpec of an array whose dimensions have logical `names`.
+
+  Flax's rule semantics (rules in order of precedence; a mesh axis is used at most once per array;
+  no matching rule = replicated), extended to names that repeat: a kernel [embed, embed] (BERT's
+  MLM transform, the pooler) gets fsdp on its first dimension and stays whole on the second,
+  where flax's logical_to_mesh_axes raises.
+  """
+  unset = object()
+  spec = [unset] * len(names)
+  used = set()
+  for name, axes in rules:
+    for i, n in enumerate(names):
+      if n is None or n != name or spec[i] is not unset:
+        continue
+      if used & set(_mesh_axes(axes)):
+        break  # the mesh axis is taken in this array: a later rule may still place this name
+      spec[i] = axes
+      used.update(_mesh_axes(axes))
+      break
+  return P(*[None if a is unset else a for a in spec])
+
+
 def _box_spec(box, rules) -> P:
   if isinstance(box, nn.LogicallyPartitioned):
-    return nn.logical_to_mesh_axes(box.names, rules)
+    return logical_to_mesh_spec(box.names, rules)
   return P(*box.names)
 
 
@@ -137,19 +164,19 @@ def sharded_init(init_fn: Callable, mesh: Mesh, rules: Optional[Rules] = None, *
   the whole model. Random values do not depend on the mesh (threefry is partitionable in JAX).
   """
   rules = tuple(DEFAULT_RULES) if rules is None else tuple(rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(init_fn, *args)
-    shardings = state_shardings(abstract, mesh, rules)
-    state = jax.jit(lambda *a: nn.meta.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+  # No mesh context while tracing init: the out_shardings alone place the result (XLA propagates
+  # them back through the initialisers), and unboxing applies no constraints.
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = state_shardings(abstract, mesh, rules)
+  state = jax.jit(lambda *a: nn.meta.unbox(init_fn(*a)), out_shardings=shardings)(*args)
   return state, shardings
 
 
 def abstract_state(init_fn: Callable, mesh: Mesh, rules: Optional[Rules] = None, *args) -> tuple:
   """Returns (abstract unboxed state with .sharding set, shardings) without allocating anything."""
   rules = tuple(DEFAULT_RULES) if rules is None else tuple(rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(init_fn, *args)
-    shardings = state_shardings(abstract, mesh, rules)
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = state_shardings(abstract, mesh, rules)
   unboxed = nn.meta.unbox(abstract)
   target = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unboxed, shardings)
   return target, shardings
@@ -160,7 +187,7 @@ def abstract_state(init_fn: Callable, mesh: Mesh, rules: Optional[Rules] = None,
 def batch_spec(rules: Optional[Rules] = None) -> P:
   """Returns the PartitionSpec of a batch's leading (examples) dimension under `rules`."""
   rules = tuple(DEFAULT_RULES) if rules is None else tuple(rules)
-  return nn.logical_to_mesh_axes(("batch",), rules)
+  return logical_to_mesh_spec(("batch",), rules)
 
 
 def batch_sharding(mesh: Mesh, rules: Optional[Rules] = None) -> NamedSharding:
