@@ -32,8 +32,12 @@ class RunData:
       eval_records, held_out = None, True
 
     tok_path = os.path.join(workdir, "tokenizer.json")
+    init_tok = os.path.join(config.init_from, "tokenizer.json") if config.init_from else ""
     if os.path.exists(tok_path):
       self.tokenizer = load_tokenizer(tok_path)
+    elif init_tok and os.path.exists(init_tok) and not d.tokenizer.endswith(".json"):
+      self.tokenizer = load_tokenizer(init_tok)  # the tokenizer that goes with the params we start from
+      save_tokenizer(self.tokenizer, tok_path)
     else:
       texts = [r[k] for r in train_records for k in sources.fields_for(d, task.name)]
       self.tokenizer = build_tokenizer(d.tokenizer, texts, vocab_size=d.vocab_size,
@@ -83,12 +87,12 @@ class RunData:
     """Yields the fixed evaluation batches (the same every time; masking seeded per batch)."""
     b = self.batch_size
     if self.task.source == "stream":
-      for i in range(0, len(self.eval_starts) - b + 1, b):
-        ids, segs = pipeline.windows(self.eval, self.eval_starts[i:i + b], self.raw_len)
-        yield self.task.make_batch(ids, segs, self.tokenizer, np.random.default_rng([self.seed, i, 2]))
       if len(self.eval_starts) < b:
         raise ValueError(f"the eval split has {len(self.eval_starts)} windows of {self.raw_len} tokens, fewer than "
                          f"train.batch_size={b}; use a smaller batch or data.seq_len")
+      for i in range(0, len(self.eval_starts) - b + 1, b):
+        ids, segs = pipeline.windows(self.eval, self.eval_starts[i:i + b], self.raw_len)
+        yield self.task.make_batch(ids, segs, self.tokenizer, np.random.default_rng([self.seed, i, 2]))
     else:
       from tfm.train.objectives import pairs_batch
       n = min(len(self.eval), self.config.train.eval_batches * b) // b * b

@@ -134,18 +134,58 @@ class CharTokenizer(_Base):
     return {"tfm_tokenizer": "char", "specials": self.specials, "chars": self.chars}
 
 
+# Names of the special tokens in familiar Hugging Face vocabularies (BERT, RoBERTa/BART, T5, GPT-2).
+_ALIASES = {"pad": ("[PAD]", "<pad>", "<|endoftext|>"), "eos": ("[EOS]", "</s>", "[SEP]", "<|endoftext|>"),
+            "mask": ("[MASK]", "<mask>")}
+
+
 class HFTokenizer(_Base):
-  """A Hugging Face `tokenizers.Tokenizer` (BPE, WordPiece or Unigram) with our special tokens first."""
+  """A Hugging Face `tokenizers.Tokenizer` (BPE, WordPiece or Unigram).
+
+  Trained here, its special tokens come first ([PAD]=0, [EOS]=1, [MASK]=2, sentinels). Loaded from
+  another tokenizer.json (e.g. a pretrained model's), pad / eos / mask are found by their usual names
+  ([PAD] / <pad>, </s> / [SEP], [MASK] / <mask>) and the sentinels are its <extra_id_i> tokens.
+  """
 
   kind = "subword"
 
   def __init__(self, tokenizer, specials: Sequence[str]):
     self.tok = tokenizer
     self.specials = list(specials)
-    for i, s in enumerate(self.specials):
-      got = tokenizer.token_to_id(s)
-      if got != i:
-        raise ValueError(f"tokenizer.json: special token {s!r} must have id {i}, has {got}")
+    ids = {}
+    for role, names in _ALIASES.items():
+      found = [tokenizer.token_to_id(n) for n in names if tokenizer.token_to_id(n) is not None]
+      ids[role] = found[0] if found else None
+    if ids["pad"] is None or ids["eos"] is None:
+      raise ValueError(f"tokenizer.json has no padding or end-of-sequence token (looked for {_ALIASES['pad']} and "
+                       f"{_ALIASES['eos']})")
+    self._pad, self._eos = ids["pad"], ids["eos"]
+    self._mask = ids["mask"] if ids["mask"] is not None else -1
+    self._sentinels = np.array([tokenizer.token_to_id(f"<extra_id_{i}>") for i in range(1000)
+                                if tokenizer.token_to_id(f"<extra_id_{i}>") is not None], np.int32)
+
+  @property
+  def pad_id(self) -> int:
+    """Returns the padding id."""
+    return self._pad
+
+  @property
+  def eos_id(self) -> int:
+    """Returns the end-of-sequence id."""
+    return self._eos
+
+  @property
+  def mask_id(self) -> int:
+    """Returns the mask id (-1 if the vocabulary has none)."""
+    return self._mask
+
+  @property
+  def num_specials(self) -> int:
+    """Returns the number of leading special ids (0 for a foreign vocabulary with specials elsewhere)."""
+    n = 0
+    while n < len(self.specials) and self.tok.token_to_id(self.specials[n]) == n:
+      n += 1
+    return n
 
   @classmethod
   def train(cls, texts: Sequence[str], kind: str, vocab_size: int, num_sentinels: int = 0) -> "HFTokenizer":
@@ -184,7 +224,7 @@ class HFTokenizer(_Base):
   @property
   def sentinel_ids(self) -> np.ndarray:
     """Returns the ids of the span-corruption sentinels <extra_id_i>, in order."""
-    return np.array([i for i, s in enumerate(self.specials) if s.startswith("<extra_id_")], np.int32)
+    return self._sentinels
 
   def encode(self, text: str) -> np.ndarray:
     """Returns the int32 ids of `text`."""
@@ -231,12 +271,7 @@ def load_tokenizer(path: str):
   from tokenizers import Tokenizer
   tok = Tokenizer.from_file(path)
   added = sorted((i, t.content) for i, t in tok.get_added_tokens_decoder().items())
-  specials = [c for i, c in added if c in set(special_tokens(1000)) | {"[UNK]"}]
-  for s in BASE_SPECIALS:
-    if s not in specials:
-      raise ValueError(f"{path}: a tfm tokenizer.json needs the special tokens {list(BASE_SPECIALS)} as ids 0..2; "
-                       f"{s!r} is missing")
-  return HFTokenizer(tok, specials)
+  return HFTokenizer(tok, [c for _, c in added])
 
 
 def save_tokenizer(tokenizer, path: str) -> str:

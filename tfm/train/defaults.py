@@ -33,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = "lm"                     # objective: lm | mlm | span | seq2seq (see tfm.train.objectives.TASKS)
   c.model = "gpt2-tiny"             # preset name (tfm.list_configs())
   c.model_overrides = _model_overrides()  # ModelConfig fields to change (None: the preset's value)
-  c.init_from = ""                  # directory of params to start from (tfm.hf.checkpoint.save_params)
+  c.init_from = ""                  # dir of params to start from (tfm.hf.checkpoint.save_params); its config.json
+                                    # replaces the preset and its tokenizer.json is used unless data.tokenizer is a path
 
   c.data = d = ml_collections.ConfigDict()
   d.name = "pydoc_topics"           # TFDS dataset name, "pydoc_topics" (built in) or "local_files"
@@ -84,7 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
   m.data = -1                       # data-parallel devices (-1: all devices left over)
   m.fsdp = 1                        # fully-sharded data-parallel devices
   m.tensor = 1                      # tensor-parallel devices
-  m.parallel = "jit"                # jit (one program over the mesh) | pmap
+  c.parallel = "jit"                # jit (one program over the mesh: data / fsdp / tensor) | pmap (data only)
+  c.logical_axis_rules = config_dict.placeholder(tuple)  # ((logical name, mesh axes), ...); None: tfm.axes.DEFAULT_RULES
   return c
 
 

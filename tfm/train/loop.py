@@ -5,7 +5,7 @@ loop { batch(step) -> compiled step -> log / eval / checkpoint } -> summary.json
 
 Seam for multi-device runs: `make_runtime` is the one place where the state is created and the
 steps are compiled. On one device it uses plain jax.jit with the state donated; with several
-devices (or mesh.parallel="pmap") it asks tfm.parallel for the sharded versions.
+devices (or parallel="pmap") it asks tfm.parallel for the sharded versions.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def check_config(config) -> None:
                      f"'train.micro_batches' ({t.micro_batches})")
   if not (isinstance(config.data.seq_len, int) and config.data.seq_len > 1):
     raise ValueError(f"config field 'data.seq_len' must be an integer > 1; got {config.data.seq_len!r}")
-  if config.mesh.parallel not in ("jit", "pmap"):
-    raise ValueError(f"config field 'mesh.parallel' must be 'jit' or 'pmap'; got {config.mesh.parallel!r}")
+  if config.parallel not in ("jit", "pmap"):
+    raise ValueError(f"config field 'parallel' must be 'jit' or 'pmap'; got {config.parallel!r}")
   get_task(config.task)
 
 
@@ -115,6 +115,8 @@ class Runtime:
 def _step_fn(model, tx, task, micro_batches, axis_name=None):
   def fn(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)  # the step's key: resume gives the same keys
+    if axis_name is not None:  # pmap: each device draws its own dropout masks
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     return train_step(state, batch, rng, model=model, tx=tx, task=task, micro_batches=micro_batches,
                       axis_name=axis_name)
   return fn
@@ -125,33 +127,47 @@ def make_runtime(config, model, tx, task: Task, example_batch: dict) -> Runtime:
   key = jax.random.PRNGKey(config.train.seed)
   init_rng, state_rng = jax.random.split(key)
   init_fn = lambda: create_train_state(init_params(model, example_batch, init_rng), tx, state_rng)
-  step = _step_fn(model, tx, task, config.train.micro_batches)
+  step = functools.partial(_step_fn, model, tx, task, config.train.micro_batches)  # axis_name -> step
   evaluate = functools.partial(eval_step, model=model, task=task)
   m = config.mesh
-  single = jax.device_count() == 1 and m.parallel == "jit" and all(v in (1, -1) for v in (m.data, m.fsdp, m.tensor))
+  single = jax.device_count() == 1 and config.parallel == "jit" and all(v in (1, -1) for v in (m.data, m.fsdp, m.tensor))
   if single:
     state = jax.jit(lambda: nn.meta.unbox(init_fn()))()
     abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-    return Runtime(state, jax.jit(step, donate_argnums=0), jax.jit(evaluate), abstract,
+    return Runtime(state, jax.jit(step(), donate_argnums=0), jax.jit(evaluate), abstract,
                    f"jit on {jax.devices()[0].platform}")
   return _parallel_runtime(config, init_fn, step, evaluate)
 
 
 def _parallel_runtime(config, init_fn, step, evaluate) -> Runtime:
-  """Returns a Runtime sharded over the config's mesh by tfm.parallel (jit over a mesh)."""
+  """Returns a Runtime from tfm.parallel: jit over the config's mesh, or pmap over the local devices.
+
+  Batches arrive as the global batch; each process keeps its own rows (by jax.process_index()).
+  Either way the state the loop sees is a tree of ordinary (global) arrays, so checkpoints, eval
+  and sampling do not depend on the topology, and a checkpoint restores onto any other one.
+  """
   from tfm import parallel
-  if config.mesh.parallel != "jit":
-    raise NotImplementedError("mesh.parallel='pmap' is not wired into train_and_evaluate yet; use 'jit'")
+  rows = parallel.process_batch_slice(config.train.batch_size)
+  local = lambda b: jax.tree_util.tree_map(lambda x: x[rows], b)  # this process's rows of the global batch
+  if config.parallel == "pmap":
+    state = parallel.replicate(jax.jit(lambda: nn.meta.unbox(init_fn()))())
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    train = parallel.pmap_step(step(parallel.PMAP_AXIS), axis_name_kwarg=None)
+    evaluate_p = parallel.pmap_step(lambda p, b: evaluate(p, b, axis_name=parallel.PMAP_AXIS), axis_name_kwarg=None,
+                                    donate=False)
+    split = lambda b: parallel.split_batch(local(b))
+    return Runtime(state, lambda s, b: train(s, split(b)), lambda p, b: evaluate_p(p, split(b)), abstract,
+                   f"pmap over {jax.local_device_count()} local devices x {jax.process_count()} process(es)")
   mesh = parallel.mesh_from_config(config)
   rules = parallel.logical_rules(config)
   state, shardings = parallel.sharded_init(init_fn, mesh, rules)
   abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-  train = parallel.jit_step(step, mesh, shardings, rules)
+  train = parallel.jit_step(step(), mesh, shardings, rules)
   evaluate_c = parallel.jit_step(lambda params, batch: evaluate(params, batch), mesh, shardings.params, rules,
                                  returns_state=False)
-  put = lambda b: parallel.shard_batch(b, mesh, rules)
+  put = lambda b: parallel.shard_batch(local(b), mesh, rules)
   return Runtime(state, lambda s, b: train(s, put(b)), lambda p, b: evaluate_c(p, put(b)), abstract,
-                 f"jit over mesh {dict(mesh.shape)}")
+                 f"jit over mesh {dict(mesh.shape)} ({jax.process_count()} process(es))")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,13 +177,8 @@ def _parallel_runtime(config, init_fn, step, evaluate) -> Runtime:
 
 def _load_init_params(path: str, state_params):
   """Returns params read from `path` (tfm.hf.checkpoint.load_params), checked against the model's shapes."""
-  try:
-    from tfm.hf.checkpoint import load_params
-  except ImportError as e:
-    raise ValueError(f"init_from={path!r} needs tfm.hf.checkpoint.load_params, which is not available: {e}") from e
-  loaded = load_params(path)
-  if isinstance(loaded, tuple):
-    loaded = loaded[0]
+  from tfm.hf.checkpoint import load_params
+  _, loaded = load_params(path)
   loaded = nn.meta.unbox(loaded)
   want = jax.tree_util.tree_map(lambda x: tuple(x.shape), state_params)
   got = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), loaded)
@@ -249,7 +260,11 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
                       num_labels=len(data.label_names))
   else:
     data = RunData(config, task, workdir, log=log)
-    mc = model_config(config, task, data.tokenizer)
+    base = None
+    if config.init_from:
+      from tfm.hf.checkpoint import load_config
+      base = load_config(config.init_from)  # the architecture of the params we start from
+    mc = model_config(config, task, data.tokenizer, base=base)
   best_metric = t.get("best_metric", "loss")  # eval metric that picks the best checkpoint
   higher_better = best_metric != "loss"
   patience = int(t.get("early_stopping_patience", 0))  # evals without improvement before stopping (0: off)

@@ -44,9 +44,12 @@ def mlm_batch(ids: np.ndarray, segs: np.ndarray, tokenizer, rng: np.random.Gener
   """Returns the BERT masked-LM batch: 15 % of non-special tokens chosen, 80/10/10 mask/random/keep."""
   inputs = ids.copy()
   weights = np.zeros(ids.shape, np.float32)
+  if tokenizer.mask_id < 0:
+    raise ValueError("masked LM needs a [MASK] token; the tokenizer has none")
   low, high = tokenizer.num_specials, tokenizer.vocab_size
+  special = np.array(sorted({tokenizer.pad_id, tokenizer.eos_id, tokenizer.mask_id}), np.int32)
   for b in range(ids.shape[0]):
-    cand = np.nonzero(ids[b] >= low)[0]
+    cand = np.nonzero((ids[b] >= low) & ~np.isin(ids[b], special))[0]
     if cand.size == 0:
       continue
     n = max(1, int(round(MLM_RATE * cand.size)))
