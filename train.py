@@ -20,6 +20,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  from tfm.parallel import initialize_distributed
+  initialize_distributed()  # several hosts (SLURM, mpirun, TPU pod, JAX_COORDINATOR_ADDRESS): join them first
   from tfm.train import train_and_evaluate
   summary = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   if summary.get("stopped") == "sigterm":

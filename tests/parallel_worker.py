@@ -129,8 +129,9 @@ def run_pmap(model, tx, task, batches, micro_batches=1):
   losses = []
   for i, b in enumerate(batches):
     state, m = step(state, par.split_batch(b), jax.random.PRNGKey(100 + i))
-    losses.append(float(par.unreplicate(m)["loss"]))
-  return losses, jax.device_get(par.unreplicate(state.params))
+    losses.append(float(m["loss"]))
+  assert len(state.params["token_embed"]["embedding"].sharding.device_set) == jax.device_count()
+  return losses, jax.device_get(state.params)
 
 
 def max_diff(a, b) -> float:

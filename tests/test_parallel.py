@@ -95,8 +95,8 @@ def test_split_batch_and_replicate():
   with pytest.raises(ValueError, match="not divisible by the 4 local devices"):
     par.split_batch(batch, num_devices=4)
   rep = par.replicate({"w": np.ones((2, 3), np.float32)})
-  assert rep["w"].shape == (jax.local_device_count(), 2, 3)
-  np.testing.assert_array_equal(par.unreplicate(rep)["w"], np.ones((2, 3)))
+  assert rep["w"].shape == (2, 3) and rep["w"].sharding.is_fully_replicated
+  assert len(rep["w"].sharding.device_set) == jax.local_device_count()
 
 
 # Multi-device (subprocess, 8 fake CPU devices) -----------------------------------------------------

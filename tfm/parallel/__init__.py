@@ -14,4 +14,4 @@ from tfm.parallel.mesh import (MESH_AXES, distributed_plan, initialize_distribut
 from tfm.parallel.report import memory_per_device, sharding_report
 from tfm.parallel.sharding import (abstract_state, batch_sharding, batch_spec, check_divisible, logical_rules,
                                    shard_batch, sharded_init, state_shardings)
-from tfm.parallel.step import PMAP_AXIS, jit_step, pmap_step, replicate, split_batch, unreplicate
+from tfm.parallel.step import PMAP_AXIS, jit_step, pmap_step, replicate, split_batch

@@ -50,13 +50,17 @@ def jit_step(fn: Callable, mesh: Mesh, state_shardings: Any, rules: Optional[Rul
   return step
 
 
-def pmap_step(fn: Callable, *, returns_state: bool = True, donate: bool = True, axis_name: str = PMAP_AXIS,
-              axis_name_kwarg: Optional[str] = "axis_name") -> Callable:
+def pmap_step(fn: Callable, *, axis_name: str = PMAP_AXIS, axis_name_kwarg: Optional[str] = "axis_name",
+              donate: bool = True) -> Callable:
   """Returns `step(state, batch, *rest)` compiled with jax.pmap over the local devices.
 
-  In: state replicated (`replicate`), batch split per device (`split_batch`: [devices, rows, ...]),
-  `rest` broadcast to every device. `fn` is called with `axis_name=` so it can pmean gradients and
-  metrics. Out: per-device (state, metrics); take `unreplicate(metrics)` for logging.
+  In: the state as ordinary arrays (every device gets a copy: pmap in_axes=None; `replicate` puts
+  it on all devices once), the batch split per device (`split_batch`: [devices, rows, ...]), `rest`
+  broadcast. `fn` gets `axis_name=` so it can psum / pmean gradients and metrics over the devices.
+  Out: (state, metrics) again as ordinary arrays replicated on every device (out_axes=None), so a
+  loop, a checkpoint or an eval sees the same shapes as with jit. pmap does not check that
+  outputs agree across devices (it returns device 0's): a step that forgets to pmean its gradients
+  is caught by the equivalence tests, not here.
   """
   body = functools.partial(fn, **{axis_name_kwarg: axis_name}) if axis_name_kwarg else fn
   compiled = {}
@@ -64,29 +68,17 @@ def pmap_step(fn: Callable, *, returns_state: bool = True, donate: bool = True, 
   def step(state, batch, *rest):
     key = len(rest)
     if key not in compiled:
-      compiled[key] = jax.pmap(body, axis_name=axis_name, in_axes=(0, 0) + (None,) * len(rest),
-                               donate_argnums=(0,) if donate and returns_state else ())
+      compiled[key] = jax.pmap(body, axis_name=axis_name, in_axes=(None, 0) + (None,) * len(rest), out_axes=None,
+                               donate_argnums=(0,) if donate else ())
     return compiled[key](state, batch, *rest)
 
   return step
 
 
 def replicate(tree: Any, devices=None) -> Any:
-  """Returns the tree with a leading axis of local devices, one copy on each (for pmap)."""
+  """Returns the tree with every array copied onto each local device (the pmap path's state)."""
   devices = list(jax.local_devices() if devices is None else devices)
-  sharding = NamedSharding(Mesh(np.array(devices), ("devices",)), P("devices"))
-
-  def put(x):
-    x = jax.numpy.asarray(x)
-    shards = [jax.device_put(x[None], d) for d in devices]  # one [1, ...] copy per device
-    return jax.make_array_from_single_device_arrays((len(devices),) + x.shape, sharding, shards)
-
-  return jax.tree_util.tree_map(put, tree)
-
-
-def unreplicate(tree: Any) -> Any:
-  """Returns the first device's copy of a replicated (pmap) tree."""
-  return jax.tree_util.tree_map(lambda x: x[0], tree)
+  return jax.device_put(tree, NamedSharding(Mesh(np.array(devices), ("devices",)), P()))
 
 
 def split_batch(batch: Any, num_devices: Optional[int] = None) -> Any:
