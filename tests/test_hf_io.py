@@ -157,6 +157,15 @@ def test_pytorch_bin_sharded_safetensors_and_base_names_load_alike(gpt2_dir, tmp
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, other)
 
 
+def test_bfloat16_checkpoint_loads_as_float32(gpt2_dir, tmp_path):
+  model = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).to(torch.bfloat16)
+  model.save_pretrained(tmp_path)
+  config, params = tfm.from_pretrained(str(tmp_path))
+  wte = params["token_embed"]["embedding"]
+  assert wte.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(wte), model.transformer.wte.weight.float().detach().numpy())
+
+
 def test_scan_layers_and_bfloat16_overrides(gpt2_dir, tmp_path):
   config, params = tfm.from_pretrained(gpt2_dir)
   s_config, s_params = tfm.from_pretrained(gpt2_dir, scan_layers=True)

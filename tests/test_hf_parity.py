@@ -69,6 +69,8 @@ CASES = {
     "t5-v1_0-64": (T.T5ForConditionalGeneration, lambda: _t5(64, 2, 8, 16, 20), "seq2seq"),
     "t5-v1_1-32": (T.T5ForConditionalGeneration, lambda: _t5(32, 2, 4, 8, 16, v1_1=True), "seq2seq"),
     "t5-v1_1-64": (T.T5ForConditionalGeneration, lambda: _t5(64, 2, 8, 16, 20, v1_1=True), "seq2seq"),
+    # v1.1 checkpoints on the Hub keep a separate lm_head.weight (transformers 5 ties T5 unless both differ)
+    "t5-v1_1-untied-32": (T.T5ForConditionalGeneration, lambda: _t5(32, 2, 4, 8, 16, v1_1=True), "seq2seq-untied"),
     "t5-encoder-32": (T.T5EncoderModel, lambda: _t5(32, 2, 4, 8, 16), "plain"),
     "t5-encoder-v1_1-48": (T.T5EncoderModel, lambda: _t5(48, 2, 4, 8, 16, v1_1=True), "plain"),
     "bart-lm-32": (T.BartForConditionalGeneration, lambda: _bart(32, 2, 4), "seq2seq"),
@@ -104,7 +106,7 @@ def _inputs(kind, pad_id, seed=0):
     types[:, 5:] = 1
     types[0, 11:] = 2 % 2
     t["token_type_ids"] = types
-  if kind == "seq2seq":
+  if kind.startswith("seq2seq"):
     dec = rng.randint(3, 97, size=(2, 11))
     dmask = np.ones_like(dec)
     dmask[0, 7:] = 0
@@ -150,7 +152,10 @@ def _compare(got, ref, compare):
 def test_logits_match_transformers_and_round_trip(case, tmp_path):
   model_cls, make_config, kind = CASES[case]
   torch.manual_seed(sum(map(ord, case)))
-  model = _perturbed(model_cls(make_config()).eval())
+  model = model_cls(make_config()).eval()
+  if kind.endswith("-untied"):
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+  model = _perturbed(model)
   src = tmp_path / "hf"
   model.save_pretrained(src)
   pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -159,6 +164,8 @@ def test_logits_match_transformers_and_round_trip(case, tmp_path):
   assert all(np.std(r) > 1e-2 for r in ref), "reference outputs are too flat to test anything"
 
   config, params = tfm.from_pretrained(str(src))
+  if kind.endswith("-untied"):
+    assert not config.tie_embeddings and params["lm_head"]["output"]["kernel"].shape == (config.d_model, 97)
   out = jax.jit(tfm.build(config).apply)({"params": params}, **j_in)  # one compile, not one per op
   got = list(out) if isinstance(out, tuple) else [out]
   got = [g for g in got if g is not None]
