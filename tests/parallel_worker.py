@@ -259,7 +259,31 @@ def cmd_accumulation(family: str, k: int = 4) -> dict:
   return out
 
 
-COMMANDS = {"equivalence": cmd_equivalence, "shardings": cmd_shardings, "save": cmd_save, "restore": cmd_restore,
+def cmd_multiprocess(family: str = "decoder", steps: int = 2) -> dict:
+  """One process of a multi-host run (jax.distributed from the environment): mesh (2,2,2) over all
+  processes' devices, each process feeding only its rows of every global batch."""
+  joined = par.initialize_distributed()
+  model, task, tx = setup(family)
+  batches = make_batches(family, steps)
+  rows = par.process_batch_slice(BATCH)
+  mesh = par.make_mesh(2, 2, 2)
+  state, shardings = par.sharded_init(init_fn(model, tx), mesh, None, jax.random.PRNGKey(0))
+  step = par.jit_step(step_fn(model, tx, task), mesh, shardings)
+  losses = []
+  for i, b in enumerate(batches):
+    local = {k: v[rows] for k, v in b.items()}
+    state, m = step(state, par.shard_batch(local, mesh), jax.random.PRNGKey(100 + i))
+    losses.append(float(m["loss"]))
+  out = {"joined": joined, "process": jax.process_index(), "processes": jax.process_count(),
+         "local_devices": jax.local_device_count(), "devices": jax.device_count(), "rows": [rows.start, rows.stop],
+         "losses": losses}
+  if jax.process_index() == 0:  # the reference: the same steps on this process's first device alone
+    with jax.default_device(jax.local_devices()[0]):
+      out["ref_losses"] = run_single(model, tx, task, batches)[0]
+  return out
+
+
+COMMANDS = {"multiprocess": cmd_multiprocess, "equivalence": cmd_equivalence, "shardings": cmd_shardings, "save": cmd_save, "restore": cmd_restore,
             "accumulation": cmd_accumulation}
 
 if __name__ == "__main__":

@@ -155,3 +155,32 @@ def test_gradient_accumulation_equals_large_batch_on_every_path():
   assert set(out) == {"single", "(2, 2, 2)", "pmap"}
   for run, diff in out.items():
     assert diff["loss"] <= 1e-5 and diff["params"] <= 1e-5, (run, diff)
+
+
+def test_two_processes_each_feeding_their_rows_equal_single_device():
+  """A real multi-host run on one machine: 2 processes x 4 CPU devices joined by jax.distributed
+  (JAX_COORDINATOR_ADDRESS etc., as a launcher sets them), mesh (2,2,2) over all 8 devices, each
+  process passing only its half of every global batch; losses equal one device's (1e-5)."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i), XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count=4")
+    env.pop("TFM_DISTRIBUTED", None)
+    procs.append(subprocess.Popen([sys.executable, WORKER, "multiprocess", json.dumps({"family": "decoder"})],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+  outs = []
+  for p in procs:
+    stdout, stderr = p.communicate(timeout=600)
+    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    assert p.returncode == 0 and lines, f"process failed:\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    outs.append(json.loads(lines[-1][len("RESULT "):]))
+  assert [o["process"] for o in outs] == [0, 1] and all(o["joined"] and o["devices"] == 8 for o in outs)
+  assert [o["rows"] for o in outs] == [[0, 4], [4, 8]]  # each process loads only its rows
+  ref = outs[0]["ref_losses"]
+  for o in outs:
+    assert o["local_devices"] == 4
+    assert max(abs(a - b) for a, b in zip(o["losses"], ref)) <= 1e-5, (o["losses"], ref)
