@@ -163,7 +163,7 @@ def from_pretrained(path_or_id: str, *, architecture: Optional[str] = None, **ov
   has = lambda name: _lookup(keys, family, name) is not None
   embed = _lookup(keys, family, family.embed_key)
   lm = family.lm_key if family.lm_key in keys else None
-  tie_config = hf.get("tie_word_embeddings", True) is not False or family.name == "t5"
+  tie_config = hf.get("tie_word_embeddings", True) is not False
   tied = lm is None or (tie_config and embed is not None and ckpt.shape(lm) == ckpt.shape(embed)
                         and np.array_equal(ckpt.get(lm), ckpt.get(embed)))
   config = ModelConfig(**family.to_tfm(hf, head_kind, tied, has))
