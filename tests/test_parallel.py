@@ -184,3 +184,20 @@ def test_two_processes_each_feeding_their_rows_equal_single_device():
   for o in outs:
     assert o["local_devices"] == 4
     assert max(abs(a - b) for a, b in zip(o["losses"], ref)) <= 1e-5, (o["losses"], ref)
+
+
+def test_sharding_plan_needs_no_devices():
+  """The report helper plans any mesh from shapes alone (AbstractMesh): here 64 devices on one CPU."""
+  import tfm
+  state, shardings, mesh = par.plan(tfm.get_config("llama-1b"), data=2, fsdp=8, tensor=4)  # shapes only
+  mem = par.memory_per_device(state, shardings)
+  assert mesh.size == 64 and set(mem) == {"params", "opt_state", "total"}
+  assert mem["params"][0] > 4e9  # 1.2 B float32 parameters
+  assert mem["total"][1] <= mem["total"][0] / 32 * 1.01  # 32-way (fsdp x tensor) for nearly every byte
+  text = par.sharding_report(state, shardings, mesh)
+  assert "params/token_embed/embedding" in text and "('tensor', 'fsdp')" in text
+  with pytest.raises(ValueError, match="key/kernel: dimension 1 \(logical axis 'kv_heads'\) has size 4.*'tensor' of size 8"):
+    par.plan(tfm.get_config("gpt2-tiny", use_bias=False), tensor=8)  # 4 heads over 8
+  out = subprocess.run([sys.executable, "-m", "tfm.parallel", "gpt2-tiny", "--fsdp", "4"], capture_output=True,
+                       text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
+  assert out.returncode == 0 and out.stdout.splitlines()[-1].startswith("total:"), out.stderr[-2000:]
