@@ -1,5 +1,6 @@
 """train.py end to end on 8 fake CPU devices: jit over mesh (data=4, fsdp=2) and pmap give the
-single-device run's train loss (summary.json) within 1e-4 after the same steps.
+single-device run's train loss (summary.json) within 1e-4 after the same steps; the mesh run's
+checkpoint then resumes on one device.
 
 Each run is a separate `python train.py` process (the device count is fixed when JAX starts).
 """
@@ -47,3 +48,7 @@ def test_train_py_on_mesh_and_pmap_matches_single_device(tmp_path):
     assert run["tokens_seen"] == single["tokens_seen"]
     assert abs(run["train_loss"] - single["train_loss"]) <= 1e-4, (run["train_loss"], single["train_loss"])
     assert abs(run["eval_loss"] - single["eval_loss"]) <= 1e-4, (run["eval_loss"], single["eval_loss"])
+  # The mesh run's checkpoint (step 3, written from 8 devices) resumes on one device for 2 more steps.
+  resumed = train(tmp_path, "mesh", 1, "--config.train.steps=5")
+  assert "resumed from" in resumed["log"] and "could not be read" not in resumed["log"], resumed["log"][-2000:]
+  assert resumed["steps"] == 5 and resumed["tokens_seen"] > mesh["tokens_seen"]

@@ -133,7 +133,8 @@ def make_runtime(config, model, tx, task: Task, example_batch: dict) -> Runtime:
   single = jax.device_count() == 1 and config.parallel == "jit" and all(v in (1, -1) for v in (m.data, m.fsdp, m.tensor))
   if single:
     state = jax.jit(lambda: nn.meta.unbox(init_fn()))()
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    # With the sharding (one device here): orbax then restores checkpoints written on any mesh.
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     return Runtime(state, jax.jit(step(), donate_argnums=0), jax.jit(evaluate), abstract,
                    f"jit on {jax.devices()[0].platform}")
   return _parallel_runtime(config, init_fn, step, evaluate)

@@ -10,8 +10,16 @@ from typing import Optional
 from tfm.train.tensorboard import SummaryWriter
 
 
+def _primary() -> bool:
+  """Returns whether this process writes the run's files (process 0 of a multi-host run; always on one host)."""
+  import jax
+  return jax.process_index() == 0
+
+
 def write_json(path: str, obj) -> str:
-  """Writes `obj` as indented JSON to `path` atomically; returns the path."""
+  """Writes `obj` as indented JSON to `path` atomically (process 0 only); returns the path."""
+  if not _primary():
+    return path
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
@@ -34,6 +42,9 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, resume_step: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self._f = self.tb = None
+    if not _primary():  # multi-host: the other processes compute the same records and write nothing
+      return
     # A resumed run drops what the interrupted run logged after its checkpoint: it is logged again.
     kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step] if resume_step else []
     with open(self.path + ".tmp", "w") as f:
@@ -49,6 +60,8 @@ class MetricsWriter:
     record.update({k: (float(v) if v is not None else None) for k, v in metrics.items()})
     if "loss" in record and "perplexity" not in record and record["loss"] is not None:
       record["perplexity"] = math.exp(min(record["loss"], 80.0))
+    if self._f is None:
+      return record
     self._f.write(json.dumps(record) + "\n")
     self._f.flush()
     self.tb.scalars(step, {f"{split}/{k}": v for k, v in record.items()
@@ -57,16 +70,19 @@ class MetricsWriter:
 
   def close(self) -> None:
     """Closes the files."""
-    self._f.close()
-    self.tb.close()
+    if self._f is not None:
+      self._f.close()
+      self.tb.close()
 
 
 def plot_losses(workdir: str, path: Optional[str] = None) -> str:
   """Draws train and eval loss against step from metrics.jsonl into WORKDIR/loss.png; returns the path."""
+  path = path or os.path.join(workdir, "loss.png")
+  if not _primary():
+    return path
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  path = path or os.path.join(workdir, "loss.png")
   records = read_metrics(workdir)
   fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
   for split, style in (("train", "-"), ("eval", "o-")):
