@@ -216,6 +216,25 @@ def _effective(c: ModelConfig) -> dict:
   return {k: v for k, v in d.items() if k not in drop}
 
 
+def hf_config_of(config: ModelConfig, architecture: str, bound=None) -> dict:
+  """Returns the config.json fields of `config` as `architecture`; ValueError if they would load differently."""
+  family, head_kind = fam.resolve(architecture)
+  prefix = "" if architecture in fam.BASE_CLASSES else family.prefix
+  if bound is None:
+    bound = bind(family.rules, param_shapes(config), max(config.num_layers, config.decoder_layers), prefix)
+  fields = family.to_hf(config, head_kind)
+  # The written config must map back onto this config, or transformers would build another model.
+  written = {b.hf for b in bound if not b.alias}
+  has = lambda name: name in written or prefix + name in written
+  back = ModelConfig(**family.to_tfm(dict(fields), head_kind, config.tie_embeddings, has))
+  want, got = _effective(config), _effective(back)
+  diff = {k: (want[k], got.get(k)) for k in want if got.get(k) != want[k]}
+  if diff:
+    raise ValueError(f"config cannot be written as {architecture}: field(s) "
+                     + ", ".join(f"{k}={a!r} (would load as {b!r})" for k, (a, b) in sorted(diff.items())))
+  return fields
+
+
 def save_pretrained(config: ModelConfig, params, path: str, *, architecture: Optional[str] = None,
                     hf_config: Optional[dict] = None, extra_files: Sequence[str] = ()) -> str:
   """Writes config.json + model.safetensors that transformers loads with from_pretrained; returns `path`.
@@ -238,16 +257,7 @@ def save_pretrained(config: ModelConfig, params, path: str, *, architecture: Opt
   if missing or extra:
     raise ValueError(f"params do not match the config: missing {missing[:12]}, not in the model {extra[:12]}")
   bound = bind(family.rules, shapes, max(config.num_layers, config.decoder_layers), prefix)
-  fields = family.to_hf(config, head_kind)
-  # The written config must map back onto this config, or transformers would build another model.
-  written = {b.hf for b in bound if not b.alias}
-  has = lambda name: name in written or prefix + name in written
-  back = ModelConfig(**family.to_tfm(dict(fields), head_kind, config.tie_embeddings, has))
-  want, got = _effective(config), _effective(back)
-  diff = {k: (want[k], got.get(k)) for k in want if got.get(k) != want[k]}
-  if diff:
-    raise ValueError(f"config cannot be written as {architecture}: field(s) "
-                     + ", ".join(f"{k}={a!r} (would load as {b!r})" for k, (a, b) in sorted(diff.items())))
+  fields = hf_config_of(config, architecture, bound)
   tensors = tfm_to_hf(bound, {k: np.asarray(jax.device_get(flat[k]), np.float32) for k in shapes})
   fields.update(architectures=[architecture], dtype="float32")
   fields.update(hf_config or {})

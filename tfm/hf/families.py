@@ -14,7 +14,7 @@ import dataclasses
 from typing import Callable, Optional
 
 from tfm.config import ModelConfig
-from tfm.hf.rules import CONV1D, CONV1D_OUT, FLAT, LINEAR, LINEAR_OUT, ROW, SAME, Rule, head, rule
+from tfm.hf.rules import CONV1D, CONV1D_OUT, FLAT, LINEAR, LINEAR_OUT, ROW, head, rule
 
 # HF activation names <-> tfm MLP names.
 HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
@@ -295,17 +295,11 @@ def _t5_to_tfm(hf, head_kind, tied, has):
 
 
 def _t5_to_hf(c, head_kind):
-  gated = c.gated_mlp
-  act = _hf_act(c.mlp, gated)
-  if gated and act != "gelu_new" and act != "gelu":
-    ff = f"gated-{act}"
-  elif gated:
-    if act == "gelu":
-      raise ValueError("tfm config mlp='geglu' (exact gelu, gated) has no T5 equivalent: T5's 'gated-gelu' is "
-                       "the tanh approximation (mlp='geglu_tanh')")
-    ff = "gated-gelu"
-  else:
-    ff = act
+  act = _hf_act(c.mlp, c.gated_mlp)
+  if c.gated_mlp and act == "gelu":
+    raise ValueError("tfm config mlp='geglu' (exact gelu, gated) has no T5 equivalent: T5's 'gated-gelu' is "
+                     "the tanh approximation (mlp='geglu_tanh')")
+  ff = ("gated-gelu" if act == "gelu_new" else f"gated-{act}") if c.gated_mlp else act
   return dict(
       model_type="t5", vocab_size=c.vocab_size, d_model=c.d_model, d_kv=c.dim_per_head, d_ff=c.d_ff,
       num_layers=c.num_layers, num_decoder_layers=c.decoder_layers, num_heads=c.num_heads,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Iterable, Optional
+from typing import Optional
 
 import ml_dtypes
 import numpy as np
@@ -156,7 +156,3 @@ def write_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: Optio
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path,
             metadata=dict(metadata or {"format": "pt"}))
 
-
-def missing_files(directory: str, names: Iterable[str]) -> list[str]:
-  """Returns the names of `names` that are not files in `directory`."""
-  return [n for n in names if not os.path.isfile(os.path.join(directory, n))]
