@@ -157,6 +157,32 @@ def test_pytorch_bin_sharded_safetensors_and_base_names_load_alike(gpt2_dir, tmp
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, other)
 
 
+def test_original_bert_layout_gamma_beta_pooler_and_nsp_head(tmp_path):
+  """bert-base-uncased style files: LayerNorm.gamma/beta names, pooler and NSP head next to the MLM head."""
+  torch.manual_seed(0)
+  cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                vocab_size=64, max_position_embeddings=16, architectures=["BertForMaskedLM"])
+  model = transformers.BertForPreTraining(cfg).eval()
+  ref = tmp_path / "ref"
+  model.save_pretrained(ref)
+  tensors = load_file(ref / "model.safetensors")
+  assert "cls.seq_relationship.weight" in tensors and "bert.pooler.dense.weight" in tensors
+  old = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+         for k, v in tensors.items()}
+  assert sum(k.endswith("LayerNorm.gamma") for k in old) == 2 * 2 + 2
+  legacy = tmp_path / "legacy"
+  _copy(ref, legacy)
+  config_path = legacy / "config.json"
+  hf_cfg = json.load(open(config_path))
+  hf_cfg["architectures"] = ["BertForMaskedLM"]
+  json.dump(hf_cfg, open(config_path, "w"))
+  save_file(old, legacy / "model.safetensors", metadata={"format": "pt"})
+  config, params = tfm.from_pretrained(str(legacy))
+  assert config.lm_head and "pooler" not in params
+  mlm = transformers.BertForMaskedLM.from_pretrained(ref).eval()
+  np.testing.assert_allclose(_tfm_logits(config, params), _torch_logits(mlm), atol=1e-4)
+
+
 def test_bfloat16_checkpoint_loads_as_float32(gpt2_dir, tmp_path):
   model = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).to(torch.bfloat16)
   model.save_pretrained(tmp_path)

@@ -141,29 +141,35 @@ def _linear(hf: str, tfm: str, transform=LINEAR, make=rule) -> tuple:
   return (make(f"{hf}.weight", f"{tfm}/kernel", transform), make(f"{hf}.bias", f"{tfm}/bias", FLAT))
 
 
-def _norm(hf: str, tfm: str, make=rule, weight="weight", bias="bias") -> tuple:
-  """Returns the rules of a LayerNorm / RMSNorm (scale and, when the tfm tree has one, bias)."""
-  return (make(f"{hf}.{weight}", f"{tfm}/scale"), make(f"{hf}.{bias}", f"{tfm}/bias"))
+def _norm(hf: str, tfm: str, make=rule, legacy: bool = False) -> tuple:
+  """Returns the rules of a LayerNorm / RMSNorm (scale and, when the tfm tree has one, bias).
+
+  `legacy`: also read the TF-era names gamma / beta (original BERT checkpoints), never written.
+  """
+  out = (make(f"{hf}.weight", f"{tfm}/scale"), make(f"{hf}.bias", f"{tfm}/bias"))
+  if legacy:
+    out += (make(f"{hf}.gamma", f"{tfm}/scale", alias=True), make(f"{hf}.beta", f"{tfm}/bias", alias=True))
+  return out
 
 
 BERT_BASE_RULES = (
     rule("embeddings.word_embeddings.weight", "token_embed/embedding"),
     rule("embeddings.position_embeddings.weight", "encoder/embed/position_embed/embedding"),
     rule("embeddings.token_type_embeddings.weight", "encoder/embed/token_type_embed/embedding"),
-    *_norm("embeddings.LayerNorm", "encoder/embed/embed_norm"),
+    *_norm("embeddings.LayerNorm", "encoder/embed/embed_norm", legacy=True),
     *_linear("encoder.layer.{i}.attention.self.query", f"{_E}/self_attention/query"),
     *_linear("encoder.layer.{i}.attention.self.key", f"{_E}/self_attention/key"),
     *_linear("encoder.layer.{i}.attention.self.value", f"{_E}/self_attention/value"),
     *_linear("encoder.layer.{i}.attention.output.dense", f"{_E}/self_attention/out", LINEAR_OUT),
-    *_norm("encoder.layer.{i}.attention.output.LayerNorm", f"{_E}/attention_norm"),
+    *_norm("encoder.layer.{i}.attention.output.LayerNorm", f"{_E}/attention_norm", legacy=True),
     *_linear("encoder.layer.{i}.intermediate.dense", f"{_E}/mlp/wi"),
     *_linear("encoder.layer.{i}.output.dense", f"{_E}/mlp/wo"),
-    *_norm("encoder.layer.{i}.output.LayerNorm", f"{_E}/mlp_norm"),
+    *_norm("encoder.layer.{i}.output.LayerNorm", f"{_E}/mlp_norm", legacy=True),
     *_linear("pooler.dense", "pooler/dense"),
 )
 BERT_RULES = BERT_BASE_RULES + (
     *_linear("cls.predictions.transform.dense", "lm_head/transform", make=head),
-    *_norm("cls.predictions.transform.LayerNorm", "lm_head/transform_norm", make=head),
+    *_norm("cls.predictions.transform.LayerNorm", "lm_head/transform_norm", make=head, legacy=True),
     head("cls.predictions.bias", "lm_head/bias", FLAT),
     head("cls.predictions.decoder.bias", "lm_head/bias", FLAT, alias=True),
     head("cls.predictions.decoder.weight", "token_embed/embedding", alias=True),
