@@ -56,6 +56,8 @@ CASES = {
     "gpt2-lm-32": (T.GPT2LMHeadModel, lambda: _gpt2(32, 2, 4), "plain"),
     "gpt2-lm-64": (T.GPT2LMHeadModel, lambda: _gpt2(64, 3, 8, layer_norm_epsilon=1e-6), "plain"),
     "gpt2-base-48": (T.GPT2Model, lambda: _gpt2(48, 2, 4), "plain"),
+    # decoder classifiers score the last non-padding token (HF finds it from pad_token_id)
+    "gpt2-cls-32": (T.GPT2ForSequenceClassification, lambda: _gpt2(32, 2, 4, num_labels=3, pad_token_id=0), "plain"),
     "bert-mlm-32": (T.BertForMaskedLM, lambda: _bert(32, 2, 4), "types"),
     "bert-mlm-64": (T.BertForMaskedLM, lambda: _bert(64, 3, 8, type_vocab_size=3), "types"),
     "bert-base-48": (T.BertModel, lambda: _bert(48, 2, 4), "types"),
@@ -88,6 +90,8 @@ CASES = {
                           lambda: _llama(T.LlamaConfig, 32, 2, 4, 4, attention_bias=True, mlp_bias=True), "plain"),
     "mistral-window-32": (T.MistralForCausalLM, lambda: _llama(T.MistralConfig, 32, 2, 4, 2, sliding_window=5), "plain"),
     "mistral-64": (T.MistralForCausalLM, lambda: _llama(T.MistralConfig, 64, 2, 8, 4, sliding_window=None), "plain"),
+    "llama-cls-32": (T.LlamaForSequenceClassification,
+                     lambda: _llama(T.LlamaConfig, 32, 2, 4, 2, num_labels=2, pad_token_id=0), "plain"),
     "llama-model-32": (T.LlamaModel, lambda: _llama(T.LlamaConfig, 32, 2, 4, 2), "plain"),
     "qwen2-32": (T.Qwen2ForCausalLM, lambda: _llama(T.Qwen2Config, 32, 2, 4, 2), "plain"),
     "qwen2-64": (T.Qwen2ForCausalLM, lambda: _llama(T.Qwen2Config, 64, 2, 8, 2, tie_word_embeddings=True), "plain"),

@@ -60,6 +60,11 @@ def _label_fields(c: ModelConfig) -> dict:
   return {"id2label": {str(i): f"LABEL_{i}" for i in range(n)}, "label2id": {f"LABEL_{i}": i for i in range(n)}}
 
 
+def _with_labels(c: ModelConfig, fields: dict) -> dict:
+  """Returns config.json fields with id2label / label2id added for a classifier."""
+  return {**fields, **_label_fields(c)} if c.num_labels else fields
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
   """One Hugging Face model type: name rules, non-parameters, base prefix and config mappings."""
@@ -99,7 +104,14 @@ GPT2_RULES = (
     rule("ln_f.bias", "decoder/layers/final_norm/bias"),
     head("lm_head.weight", "token_embed/embedding", alias=True),
     head("lm_head.weight", "lm_head/output/kernel", LINEAR),
+    head("score.weight", "classifier/out/kernel", LINEAR),
 )
+
+
+def _decoder_head(hf: dict, head_kind: str) -> dict:
+  """Returns the head fields of a decoder: LM, hidden states, or a score on the last real token."""
+  return dict(lm_head=head_kind == "lm", num_labels=_labels(hf) if head_kind == "cls" else None,
+              classifier_pooling="last", classifier_bias=False, classifier_hidden=False)
 
 
 def _gpt2_to_tfm(hf, head_kind, tied, has):
@@ -112,22 +124,22 @@ def _gpt2_to_tfm(hf, head_kind, tied, has):
       num_heads=hf["n_head"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"], max_len=hf["n_positions"],
       position="learned", norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), norm_position="pre",
       mlp=_act(hf.get("activation_function", "gelu_new"), "activation_function"), use_bias=True,
-      tie_embeddings=tied, lm_head=head_kind == "lm",
+      tie_embeddings=tied, **_decoder_head(hf, head_kind),
       pad_token_id=_pad(hf, eos if isinstance(eos, int) and eos < hf["vocab_size"] else 0),
       dropout_rate=hf.get("resid_pdrop", 0.1), attention_dropout_rate=hf.get("attn_pdrop", 0.1))
 
 
 def _gpt2_to_hf(c, head_kind):
-  return dict(
+  return _with_labels(c, dict(
       model_type="gpt2", vocab_size=c.vocab_size, n_embd=c.d_model, n_layer=c.num_layers, n_head=c.num_heads,
       n_inner=c.d_ff, n_positions=c.max_len, layer_norm_epsilon=c.norm_eps, activation_function=_hf_act(c.mlp),
       tie_word_embeddings=c.tie_embeddings, pad_token_id=c.pad_token_id, bos_token_id=c.pad_token_id,
       eos_token_id=c.pad_token_id, resid_pdrop=c.dropout_rate, embd_pdrop=c.dropout_rate,
-      attn_pdrop=c.attention_dropout_rate, scale_attn_weights=True)
+      attn_pdrop=c.attention_dropout_rate, scale_attn_weights=True))
 
 
 GPT2 = Family("gpt2", "transformer.", GPT2_RULES, _gpt2_to_tfm, _gpt2_to_hf, "wte.weight", "lm_head.weight",
-              ignore=(r"(^|\.)attn\.bias$", r"(^|\.)attn\.masked_bias$"), head_keys=(r"^lm_head\.",))
+              ignore=(r"(^|\.)attn\.bias$", r"(^|\.)attn\.masked_bias$"), head_keys=(r"^lm_head\.", r"^score\."))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -416,6 +428,7 @@ LLAMA_RULES = (
     rule("norm.weight", "decoder/layers/final_norm/scale"),
     head("lm_head.weight", "token_embed/embedding", alias=True),
     head("lm_head.weight", "lm_head/output/kernel", LINEAR),
+    head("score.weight", "classifier/out/kernel", LINEAR),
 )
 
 
@@ -453,7 +466,7 @@ def _llama_to_tfm(hf, head_kind, tied, has, kind="llama"):
       max_len=hf.get("max_position_embeddings", 2048), position="rope", rope_theta=_rope(hf), norm="rmsnorm",
       norm_eps=hf.get("rms_norm_eps", 1e-6), norm_position="pre",
       mlp=_act(hf.get("hidden_act", "silu"), "hidden_act", gated=True), use_bias=use_bias, qkv_bias=qkv_bias,
-      sliding_window=window, tie_embeddings=tied, lm_head=head_kind == "lm", pad_token_id=_pad(hf, 0),
+      sliding_window=window, tie_embeddings=tied, **_decoder_head(hf, head_kind), pad_token_id=_pad(hf, 0),
       dropout_rate=0.0, attention_dropout_rate=hf.get("attention_dropout", 0.0))
 
 
@@ -470,13 +483,13 @@ def _llama_to_hf(c, head_kind, kind="llama"):
     out.update(sliding_window=c.sliding_window)
   else:
     out.update(use_sliding_window=False, sliding_window=None)
-  return out
+  return _with_labels(c, out)
 
 
 def _llama_family(kind: str) -> Family:
   return Family(kind, "model.", LLAMA_RULES, lambda *a: _llama_to_tfm(*a, kind=kind),
                 lambda *a: _llama_to_hf(*a, kind=kind), "embed_tokens.weight", "lm_head.weight",
-                ignore=(r"rotary_emb\.inv_freq$",), head_keys=(r"^lm_head\.",))
+                ignore=(r"rotary_emb\.inv_freq$",), head_keys=(r"^lm_head\.", r"^score\."))
 
 
 LLAMA, MISTRAL, QWEN2 = _llama_family("llama"), _llama_family("mistral"), _llama_family("qwen2")
@@ -486,6 +499,7 @@ FAMILIES = {f.name: f for f in (GPT2, BERT, ROBERTA, T5, BART, LLAMA, MISTRAL, Q
 # HF class name -> (family, head)
 ARCHITECTURES = {
     "GPT2LMHeadModel": ("gpt2", "lm"), "GPT2Model": ("gpt2", "base"),
+    "GPT2ForSequenceClassification": ("gpt2", "cls"),
     "BertForMaskedLM": ("bert", "lm"), "BertModel": ("bert", "base"),
     "BertForSequenceClassification": ("bert", "cls"),
     "RobertaForMaskedLM": ("roberta", "lm"), "RobertaModel": ("roberta", "base"),
@@ -494,8 +508,11 @@ ARCHITECTURES = {
     "BartForConditionalGeneration": ("bart", "lm"), "BartModel": ("bart", "base"),
     "BartForSequenceClassification": ("bart", "cls"),
     "LlamaForCausalLM": ("llama", "lm"), "LlamaModel": ("llama", "base"),
+    "LlamaForSequenceClassification": ("llama", "cls"),
     "MistralForCausalLM": ("mistral", "lm"), "MistralModel": ("mistral", "base"),
+    "MistralForSequenceClassification": ("mistral", "cls"),
     "Qwen2ForCausalLM": ("qwen2", "lm"), "Qwen2Model": ("qwen2", "base"),
+    "Qwen2ForSequenceClassification": ("qwen2", "cls"),
 }
 # Base classes name their tensors without the family prefix.
 BASE_CLASSES = {"GPT2Model", "BertModel", "RobertaModel", "T5Model", "T5EncoderModel", "BartModel", "LlamaModel",
