@@ -84,6 +84,13 @@ def test_unknown_architecture_lists_supported(gpt2_dir, tmp_path):
   with pytest.raises(ValueError, match="unsupported architecture 'FalconForCausalLM'.*LlamaForCausalLM.*T5EncoderModel"):
     tfm.from_pretrained(src)
   _convert_writes_nothing(src, tmp_path / "out")
+  with pytest.raises(ValueError, match="model_type 'gpt2' does not match architecture 'LlamaForCausalLM'"):
+    tfm.from_pretrained(gpt2_dir, architecture="LlamaForCausalLM")
+  del cfg["n_layer"]
+  cfg["architectures"] = ["GPT2LMHeadModel"]
+  json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
+  with pytest.raises(ValueError, match="lacks field 'n_layer'"):
+    tfm.from_pretrained(src)
 
 
 def test_truncated_safetensors(gpt2_dir, tmp_path):

@@ -158,6 +158,10 @@ def from_pretrained(path_or_id: str, *, architecture: Optional[str] = None, **ov
                        f"(supported: {sorted(fam.ARCHITECTURES)})")
     architecture = archs[0]
   family, head_kind = fam.resolve(architecture)
+  model_type = hf.get("model_type")
+  if model_type is not None and model_type != family.name:
+    raise ValueError(f"{directory}/{CONFIG}: model_type {model_type!r} does not match architecture {architecture!r} "
+                     f"(model_type {family.name!r})")
   ckpt = io.WeightFiles(directory)
   keys = set(ckpt.keys())
   has = lambda name: _lookup(keys, family, name) is not None
@@ -166,7 +170,10 @@ def from_pretrained(path_or_id: str, *, architecture: Optional[str] = None, **ov
   tie_config = hf.get("tie_word_embeddings", True) is not False
   tied = lm is None or (tie_config and embed is not None and ckpt.shape(lm) == ckpt.shape(embed)
                         and np.array_equal(ckpt.get(lm), ckpt.get(embed)))
-  config = ModelConfig(**family.to_tfm(hf, head_kind, tied, has))
+  try:
+    config = ModelConfig(**family.to_tfm(hf, head_kind, tied, has))
+  except KeyError as e:
+    raise ValueError(f"{directory}/{CONFIG} lacks field {e.args[0]!r}, which {architecture} needs") from None
   if overrides:
     config = config.replace(**overrides)
   shapes = param_shapes(config)
