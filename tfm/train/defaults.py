@@ -65,7 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
   t.log_every = 20                  # write train metrics every N steps
   t.seed = 0                        # seeds init, data order, masking and dropout
   t.sample_tokens = 160             # lm: tokens generated at each eval (0 = no sample)
-  t.sample_prompt = ""              # lm: prompt of the sample ("" = a line from the eval split)
+  t.sample_prompt = ""              # lm: prompt of the sample ("" = the start of the eval split)
+  t.sample_temperature = 0.8        # lm: sampling temperature of the sample, top-k 40 (0 = greedy)
   t.progress = True                 # show a progress bar (step, loss, tokens/s, ETA)
   t.max_wall_s = 0.0                # stop (with a checkpoint) after this many seconds (0 = no limit)
 

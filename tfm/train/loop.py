@@ -30,7 +30,7 @@ from tfm.train import defaults
 from tfm.train.checkpoint import Checkpoints
 from tfm.train.objectives import Task, get_task
 from tfm.train.optim import learning_rate_schedule, make_optimizer
-from tfm.train.sample import greedy_sample
+from tfm.train.sample import sample_continuation
 from tfm.train.state import TrainState, create_train_state
 from tfm.train.step import eval_step, train_step
 from tfm.train.writers import MetricsWriter, plot_losses, write_json
@@ -381,8 +381,10 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
     writer.close()
     ckpts.close()
 
-  if last_eval is None:  # resumed at the end: evaluate once so the summary has an eval loss
-    last_eval = evaluate(runtime, state.params, data)
+  if last_eval is None or (last_eval.get("step") != int(state.step) and stopped != "sigterm"):
+    # Resumed at the end, or stopped between evals: evaluate the final params so the summary is current
+    # (not after SIGTERM, whose grace period is short).
+    last_eval = dict(evaluate(runtime, state.params, data), step=int(state.step))
   plot = plot_losses(workdir)
   train_loss = last_train["loss"] if last_train else _last_logged(workdir, "train")
   summary = {"train_loss": train_loss, "eval_loss": last_eval["loss"], "eval_perplexity": last_eval["perplexity"],
@@ -416,5 +418,5 @@ def _sample_text(model, params, data: RunData, t) -> str:
   """Returns a printable generated sample (prompt + continuation)."""
   tok = data.tokenizer
   prompt = tok.encode(t.sample_prompt) if t.sample_prompt else data.sample_prompt(32)
-  ids = greedy_sample(model, params, prompt, t.sample_tokens)
+  ids = sample_continuation(model, params, prompt, t.sample_tokens, temperature=t.sample_temperature, seed=t.seed)
   return f"sample: {tok.decode(prompt)!r} -> {tok.decode(ids)!r}"

@@ -1,4 +1,4 @@
-"""A short generated sample for LM runs: `tfm.generate` (greedy, KV cache) when present, else a simple loop."""
+"""A short generated sample for LM runs: `tfm.generate` (KV cache, one compiled loop), or a plain greedy loop."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import tfm
 
 
-def greedy_sample(model, params, prompt: np.ndarray, max_new_tokens: int) -> np.ndarray:
-  """Returns [max_new_tokens] greedily decoded ids continuing `prompt` [prompt_len] (decoder-only models)."""
+def sample_continuation(model, params, prompt: np.ndarray, max_new_tokens: int, temperature: float = 0.0,
+                        top_k: int = 40, seed: int = 0) -> np.ndarray:
+  """Returns [max_new_tokens] ids continuing `prompt` [prompt_len]: greedy if temperature is 0, else sampled."""
   c = model.config
   if c.position == "learned":
     max_new_tokens = min(max_new_tokens, c.max_len - len(prompt) + 1)
@@ -20,8 +21,17 @@ def greedy_sample(model, params, prompt: np.ndarray, max_new_tokens: int) -> np.
   except ImportError:
     generate = None
   if generate is not None:
-    return np.asarray(generate(model, params, ids, max_new_tokens=max_new_tokens))[0]
-  # Fallback: prefill then one token at a time through the KV cache.
+    if temperature > 0:
+      out = generate(model, params, ids, max_new_tokens=max_new_tokens, strategy="sample", temperature=temperature,
+                     top_k=min(top_k, c.vocab_size), seed=seed)
+    else:
+      out = generate(model, params, ids, max_new_tokens=max_new_tokens)
+    return np.asarray(out)[0]
+  return greedy_loop(model, params, ids, max_new_tokens)
+
+
+def greedy_loop(model, params, ids, max_new_tokens: int) -> np.ndarray:
+  """Returns greedily decoded ids [max_new_tokens]: prefill, then one token at a time through the KV cache."""
   total = ids.shape[1] + max_new_tokens
   cache = tfm.init_cache(model, 1, total)
   mask = jnp.ones((1, total), jnp.int32)
