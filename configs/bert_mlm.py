@@ -21,8 +21,9 @@ def get_config():
   c.data.seq_len = 128                       # window length
   c.train.steps = 1500                       # optimizer steps
   c.train.batch_size = 32                    # windows per step
-  c.train.eval_every = 100                   # evaluate every N steps (the first eval is the reference)
+  c.train.eval_every = 100                   # evaluate every N steps
   c.train.eval_batches = 8                   # 8 x 32 windows
+  c.train.eval_at_start = True               # step-0 eval: the reference of the learning curve
   c.train.checkpoint_every = 500             # checkpoint every N steps
   c.train.log_every = 50                     # train metrics every N steps
   c.optimizer.learning_rate = 2e-3           # peak learning rate

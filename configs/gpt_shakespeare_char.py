@@ -14,19 +14,22 @@ from tfm.train.defaults import base_config, lock
 def get_config():
   """Returns the tiny-Shakespeare character-level GPT config."""
   c = base_config()
-  c.model = "gpt-nano"                       # GPT-2 layout; width and depth cut down below
+  c.model = "llama-test"                     # decoder-only, Llama layout: RoPE, RMSNorm, SwiGLU
   c.model_overrides.num_layers = 4           # 4 blocks
   c.model_overrides.d_model = 128            # width
   c.model_overrides.num_heads = 4            # 32 dims per head
-  c.model_overrides.d_ff = 512               # 4 x width
+  c.model_overrides.num_kv_heads = 4         # full multi-head attention (no GQA at this size)
+  c.model_overrides.d_ff = 384               # SwiGLU hidden width (3 matrices: ~ the cost of a 4x GELU MLP)
+  c.model_overrides.tie_embeddings = True    # LM head shares the character embedding
   c.data.name = "tiny_shakespeare"           # TFDS dataset (one document per split)
   c.data.tokenizer = "char"                  # 65 characters + 3 specials
   c.data.seq_len = 128                       # context length
-  c.train.steps = 2500                       # optimizer steps
+  c.train.steps = 1200                       # optimizer steps
   c.train.batch_size = 32                    # windows per step (4,096 tokens)
-  c.train.eval_every = 500                   # evaluate every N steps
+  c.train.eval_every = 200                   # evaluate every N steps
   c.train.eval_batches = 13                  # 13 x 32 windows = 416 x 128 tokens: 95 % of validation
-  c.train.checkpoint_every = 500             # checkpoint every N steps
+  c.train.eval_at_start = True               # step-0 eval: the reference of the learning curve
+  c.train.checkpoint_every = 200             # checkpoint every N steps
   c.train.log_every = 50                     # train metrics every N steps
   c.train.sample_prompt = "ROMEO:"           # prompt of the generated sample
   c.optimizer.learning_rate = 4e-3           # peak learning rate (small model: high rate)

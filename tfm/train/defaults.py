@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.micro_batches = 1               # gradient accumulation: the batch is split into this many slices
   t.eval_every = 200                # evaluate every N steps (and at the end)
   t.eval_batches = 16               # batches per evaluation (fixed windows of the eval split)
+  t.eval_at_start = False           # also evaluate the untrained model (step 0)
   t.checkpoint_every = 200          # save a checkpoint every N steps (and at the end)
   t.keep_checkpoints = 3            # periodic checkpoints kept (the best by eval loss is kept apart)
   t.log_every = 20                  # write train metrics every N steps

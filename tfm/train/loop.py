@@ -308,6 +308,10 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
 
   last_train, last_eval, stopped = None, None, None
   last_ckpt = ckpts.latest_step()
+  if start == 0 and t.eval_at_start:  # the reference point of the learning curve: the untrained model
+    ev = evaluate(runtime, state.params, data)
+    writer.write(0, "eval", ev)
+    log(f"step 0: eval loss {ev['loss']:.4f} (perplexity {ev['perplexity']:.2f}, accuracy {ev['accuracy']:.3f})")
   bar = _progress(config, start, t.steps)
   window_t, window_tokens = time.time(), 0.0
   loss_acc, loss_n = 0.0, 0
