@@ -196,7 +196,7 @@ def test_sharding_plan_needs_no_devices():
   assert mem["total"][1] <= mem["total"][0] / 32 * 1.01  # 32-way (fsdp x tensor) for nearly every byte
   text = par.sharding_report(state, shardings, mesh)
   assert "params/token_embed/embedding" in text and "('tensor', 'fsdp')" in text
-  with pytest.raises(ValueError, match="key/kernel: dimension 1 \(logical axis 'kv_heads'\) has size 4.*'tensor' of size 8"):
+  with pytest.raises(ValueError, match=r"key/kernel: dimension 1 \(logical axis 'kv_heads'\) has size 4.*'tensor' of size 8"):
     par.plan(tfm.get_config("gpt2-tiny", use_bias=False), tensor=8)  # 4 heads over 8
   out = subprocess.run([sys.executable, "-m", "tfm.parallel", "gpt2-tiny", "--fsdp", "4"], capture_output=True,
                        text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
