@@ -200,6 +200,15 @@ def cmd_shardings() -> dict:
                   "init_output_bytes": getattr(ma, "output_size_in_bytes", None),
                   "init_temp_bytes": getattr(ma, "temp_size_in_bytes", None),
                   "report_head": report.splitlines()[:3], "report_tail": report.splitlines()[-4:]}
+  # Scanned layers (nn.scan stacks them under a leading "layers" axis, never sharded): same specs
+  # one axis later, and two steps on (2,2,2) equal one device.
+  smodel, stask, stx = setup("decoder", scan_layers=True, num_layers=2)
+  sbatches = make_batches("decoder", 2)
+  ref_losses, ref_params = run_single(smodel, stx, stask, sbatches)
+  losses, params, sstate = run_mesh(smodel, stx, stask, sbatches, (2, 2, 2))[:3]
+  swi = sstate.params["decoder"]["layers"]["layers"]["mlp"]["wi"]["kernel"]
+  out["scan"] = {"wi_spec": list(swi.sharding.spec), "wi_shape": list(swi.shape),
+                 "loss": max(abs(a - b) for a, b in zip(losses, ref_losses)), "params": max_diff(params, ref_params)}
   # A dimension that does not divide: 4 heads over tensor = 8.
   bad, _, _ = setup("decoder", num_heads=4)
   try:

@@ -132,6 +132,9 @@ def test_shardings_are_real_and_fsdp_saves_memory():
   assert f["init_output_bytes"] + f["init_temp_bytes"] <= 0.5 * f["full_bytes"]
   assert "params/token_embed/embedding" in "\n".join(f["report_head"]) or f["report_head"]
   assert f["report_tail"][-1].startswith("total:")
+  sc = out["scan"]
+  assert sc["wi_shape"] == [2, 64, 256] and sc["wi_spec"] == [None, "fsdp", "tensor"]
+  assert sc["loss"] <= 1e-5 and sc["params"] <= 1e-5, sc
   # A dimension that does not divide gives an error naming the parameter, the axis and the mesh axis.
   assert "cannot shard params/decoder/layers/layer_0/self_attention/" in out["error"]
   assert "'tensor' of size 8" in out["error"] and "size 4" in out["error"]
