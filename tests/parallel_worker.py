@@ -269,23 +269,25 @@ def cmd_accumulation(family: str, k: int = 4) -> dict:
 
 
 def cmd_multiprocess(family: str = "decoder", steps: int = 2) -> dict:
-  """One process of a multi-host run (jax.distributed from the environment): mesh (2,2,2) over all
-  processes' devices, each process feeding only its rows of every global batch."""
+  """One process of a multi-host run (jax.distributed from the environment). On mesh (2,2,2) the
+  batch is split across processes; on (1,1,8) it is replicated, so each process needs every row.
+  Each process passes only the rows `process_rows` names."""
   joined = par.initialize_distributed()
   model, task, tx = setup(family)
   batches = make_batches(family, steps)
-  rows = par.process_batch_slice(BATCH)
-  mesh = par.make_mesh(2, 2, 2)
-  state, shardings = par.sharded_init(init_fn(model, tx), mesh, None, jax.random.PRNGKey(0))
-  step = par.jit_step(step_fn(model, tx, task), mesh, shardings)
-  losses = []
-  for i, b in enumerate(batches):
-    local = {k: v[rows] for k, v in b.items()}
-    state, m = step(state, par.shard_batch(local, mesh), jax.random.PRNGKey(100 + i))
-    losses.append(float(m["loss"]))
   out = {"joined": joined, "process": jax.process_index(), "processes": jax.process_count(),
-         "local_devices": jax.local_device_count(), "devices": jax.device_count(), "rows": [rows.start, rows.stop],
-         "losses": losses}
+         "local_devices": jax.local_device_count(), "devices": jax.device_count(), "runs": {}}
+  for shape in ((2, 2, 2), (1, 1, 8)):
+    mesh = par.make_mesh(*shape)
+    rows = par.process_rows(BATCH, mesh)
+    state, shardings = par.sharded_init(init_fn(model, tx), mesh, None, jax.random.PRNGKey(0))
+    step = par.jit_step(step_fn(model, tx, task), mesh, shardings)
+    losses = []
+    for i, b in enumerate(batches):
+      local = {k: v[rows] for k, v in b.items()}
+      state, m = step(state, par.shard_batch(local, mesh, None, BATCH), jax.random.PRNGKey(100 + i))
+      losses.append(float(m["loss"]))
+    out["runs"][str(shape)] = {"rows": rows.tolist(), "losses": losses}
   if jax.process_index() == 0:  # the reference: the same steps on this process's first device alone
     with jax.default_device(jax.local_devices()[0]):
       out["ref_losses"] = run_single(model, tx, task, batches)[0]

@@ -162,8 +162,8 @@ def test_gradient_accumulation_equals_large_batch_on_every_path():
 
 def test_two_processes_each_feeding_their_rows_equal_single_device():
   """A real multi-host run on one machine: 2 processes x 4 CPU devices joined by jax.distributed
-  (JAX_COORDINATOR_ADDRESS etc., as a launcher sets them), mesh (2,2,2) over all 8 devices, each
-  process passing only its half of every global batch; losses equal one device's (1e-5)."""
+  (JAX_COORDINATOR_ADDRESS etc., as a launcher sets them), meshes (2,2,2) and (1,1,8) over all 8
+  devices, each process passing only the rows its devices hold; losses equal one device's (1e-5)."""
   import socket
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -182,11 +182,14 @@ def test_two_processes_each_feeding_their_rows_equal_single_device():
     assert p.returncode == 0 and lines, f"process failed:\n{stdout[-2000:]}\n{stderr[-4000:]}"
     outs.append(json.loads(lines[-1][len("RESULT "):]))
   assert [o["process"] for o in outs] == [0, 1] and all(o["joined"] and o["devices"] == 8 for o in outs)
-  assert [o["rows"] for o in outs] == [[0, 4], [4, 8]]  # each process loads only its rows
+  # Batch split over the processes: each loads only its half. Replicated (1,1,8): each needs all rows.
+  assert [o["runs"]["(2, 2, 2)"]["rows"] for o in outs] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+  assert [o["runs"]["(1, 1, 8)"]["rows"] for o in outs] == [list(range(8))] * 2
   ref = outs[0]["ref_losses"]
   for o in outs:
     assert o["local_devices"] == 4
-    assert max(abs(a - b) for a, b in zip(o["losses"], ref)) <= 1e-5, (o["losses"], ref)
+    for run in o["runs"].values():
+      assert max(abs(a - b) for a, b in zip(run["losses"], ref)) <= 1e-5, (run, ref)
 
 
 def test_sharding_plan_needs_no_devices():

@@ -13,5 +13,5 @@ from tfm.parallel.mesh import (MESH_AXES, distributed_plan, initialize_distribut
                                mesh_shape, process_batch_slice)
 from tfm.parallel.report import memory_per_device, plan, sharding_report
 from tfm.parallel.sharding import (abstract_state, batch_sharding, batch_spec, check_divisible, logical_rules,
-                                   shard_batch, sharded_init, state_shardings)
+                                   logical_to_mesh_spec, process_rows, shard_batch, sharded_init, state_shardings)
 from tfm.parallel.step import PMAP_AXIS, jit_step, pmap_step, replicate, split_batch

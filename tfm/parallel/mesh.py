@@ -125,7 +125,11 @@ def initialize_distributed(environ: Optional[Mapping[str, str]] = None) -> bool:
 
 
 def process_batch_slice(global_batch_size: int) -> slice:
-  """Returns the rows of the global batch this process loads (contiguous, by jax.process_index())."""
+  """Returns this process's contiguous 1 / process_count of the global batch (by jax.process_index()).
+
+  The pmap path feeds these rows to the local devices; the jit path asks `process_rows` (which
+  rows the mesh puts on this process's devices).
+  """
   count, index = jax.process_count(), jax.process_index()
   if global_batch_size % count:
     raise ValueError(f"train batch_size {global_batch_size} must be divisible by the number of processes ({count})")

@@ -195,11 +195,31 @@ def batch_sharding(mesh: Mesh, rules: Optional[Rules] = None) -> NamedSharding:
   return NamedSharding(mesh, batch_spec(rules))
 
 
-def shard_batch(batch: Any, mesh: Mesh, rules: Optional[Rules] = None) -> Any:
-  """Returns global jax Arrays from this process's rows of the batch (host-local NumPy arrays).
+def process_rows(global_batch_size: int, mesh: Mesh, rules: Optional[Rules] = None) -> np.ndarray:
+  """Returns the (sorted) rows of each global batch that this process's devices hold on `mesh`.
 
-  On one host the local rows are the whole batch. On several hosts each process passes the rows it
-  loaded (see `process_batch_slice`) and the global batch is their concatenation in process order.
+  With the batch split over every process (the usual case) these are the process's contiguous
+  share; where the mesh replicates the batch across processes (e.g. data = fsdp = 1) every process
+  needs every row. Load these rows, then `shard_batch(rows_batch, mesh, rules, global_batch_size)`.
+  """
+  sharding = batch_sharding(mesh, rules)
+  spec = sharding.spec
+  groups = _axis_size(mesh, spec[0]) if len(spec) and spec[0] is not None else 1
+  if global_batch_size % groups:
+    raise ValueError(f"global batch size {global_batch_size} is not divisible by the {groups} batch shards "
+                     f"(mesh axes {spec[0]!r} of {dict(mesh.shape)})")
+  rows = set()
+  for index in sharding.addressable_devices_indices_map((global_batch_size,)).values():
+    rows.update(range(*index[0].indices(global_batch_size)))
+  return np.array(sorted(rows), np.int64)
+
+
+def shard_batch(batch: Any, mesh: Mesh, rules: Optional[Rules] = None, global_batch_size: Optional[int] = None) -> Any:
+  """Returns global jax Arrays made from this process's rows of the batch (NumPy arrays).
+
+  On one process the rows are the whole batch. On several, each process passes the rows
+  `process_rows` names (its share of every global batch); give `global_batch_size` whenever
+  the rows are not simply 1 / process_count of the batch.
   """
   sharding = batch_sharding(mesh, rules)
   spec = sharding.spec
@@ -207,10 +227,10 @@ def shard_batch(batch: Any, mesh: Mesh, rules: Optional[Rules] = None) -> Any:
 
   def put(x):
     x = np.asarray(x)
-    global_rows = x.shape[0] * jax.process_count()
-    if global_rows % groups:
-      raise ValueError(f"global batch size {global_rows} is not divisible by the {groups} batch shards "
+    rows = global_batch_size or x.shape[0] * jax.process_count()
+    if rows % groups:
+      raise ValueError(f"global batch size {rows} is not divisible by the {groups} batch shards "
                        f"(mesh axes {spec[0]!r} of {dict(mesh.shape)})")
-    return jax.make_array_from_process_local_data(sharding, x)
+    return jax.make_array_from_process_local_data(sharding, x, (rows,) + x.shape[1:])
 
   return jax.tree_util.tree_map(put, batch)

@@ -143,12 +143,12 @@ def make_runtime(config, model, tx, task: Task, example_batch: dict) -> Runtime:
 def _parallel_runtime(config, init_fn, step, evaluate) -> Runtime:
   """Returns a Runtime from tfm.parallel: jit over the config's mesh, or pmap over the local devices.
 
-  Batches arrive as the global batch; each process keeps its own rows (by jax.process_index()).
+  Batches arrive as the global batch; each process keeps the rows its devices hold.
   Either way the state the loop sees is a tree of ordinary (global) arrays, so checkpoints, eval
   and sampling do not depend on the topology, and a checkpoint restores onto any other one.
   """
   from tfm import parallel
-  rows = parallel.process_batch_slice(config.train.batch_size)
+  rows = parallel.process_batch_slice(config.train.batch_size)  # pmap: 1 / process_count of the batch
   local = lambda b: jax.tree_util.tree_map(lambda x: x[rows], b)  # this process's rows of the global batch
   if config.parallel == "pmap":
     state = parallel.replicate(jax.jit(lambda: nn.meta.unbox(init_fn()))())
@@ -161,12 +161,13 @@ def _parallel_runtime(config, init_fn, step, evaluate) -> Runtime:
                    f"pmap over {jax.local_device_count()} local devices x {jax.process_count()} process(es)")
   mesh = parallel.mesh_from_config(config)
   rules = parallel.logical_rules(config)
+  rows = parallel.process_rows(config.train.batch_size, mesh, rules)  # jit: the rows this process's devices hold
   state, shardings = parallel.sharded_init(init_fn, mesh, rules)
   abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
   train = parallel.jit_step(step(), mesh, shardings, rules)
   evaluate_c = parallel.jit_step(lambda params, batch: evaluate(params, batch), mesh, shardings.params, rules,
                                  returns_state=False)
-  put = lambda b: parallel.shard_batch(local(b), mesh, rules)
+  put = lambda b: parallel.shard_batch(local(b), mesh, rules, config.train.batch_size)
   return Runtime(state, lambda s, b: train(s, put(b)), lambda p, b: evaluate_c(p, put(b)), abstract,
                  f"jit over mesh {dict(mesh.shape)} ({jax.process_count()} process(es))")
 
