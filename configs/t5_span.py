@@ -21,11 +21,11 @@ def get_config():
   c.data.seq_len = 128                       # raw window length (inputs 112, targets 26 tokens)
   c.train.steps = 1500                       # optimizer steps
   c.train.batch_size = 32                    # windows per step
-  c.train.eval_every = 100                   # evaluate every N steps
+  c.train.eval_every = 50                    # evaluate every N steps
   c.train.eval_batches = 8                   # 8 x 32 windows
   c.train.eval_at_start = True               # step-0 eval: the reference of the learning curve
   c.train.checkpoint_every = 500             # checkpoint every N steps
   c.train.log_every = 50                     # train metrics every N steps
   c.optimizer.learning_rate = 3e-3           # peak learning rate
-  c.optimizer.warmup_steps = 100             # linear warm-up
+  c.optimizer.warmup_steps = 30              # linear warm-up
   return lock(c)

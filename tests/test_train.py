@@ -330,3 +330,23 @@ def test_init_from_a_params_directory(tmp_path):
   b = train_and_evaluate(c, str(tmp_path / "b"))
   assert b["num_params"] == a["num_params"]
   assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  c = base_config()
+  c.optimizer.warmup_steps = 0
+  c.optimizer.schedule = "constant"
+  model = tfm.build(tfm.get_config("gpt2-tiny", num_layers=1, d_model=64, d_ff=128, dtype="bfloat16"))
+  tok = ByteTokenizer()
+  ids = tok.encode("mixed precision: bfloat16 matmuls, float32 params, softmax and norms " * 2)[:2 * 33].reshape(2, 33)
+  batch = objectives.lm_batch(ids, np.ones_like(ids), tok, None)
+  tx = make_optimizer(c.optimizer, 100)
+  params = tfm.models.nn.meta.unbox(init_params(model, batch, jax.random.PRNGKey(0)))
+  state = create_train_state(params, tx, jax.random.PRNGKey(1))
+  step = jax.jit(lambda s, b: train_step(s, b, jax.random.PRNGKey(2), model=model, tx=tx, task=objectives.TASKS["lm"]))
+  losses = []
+  for _ in range(10):
+    state, m = step(state, batch)
+    losses.append(float(m["loss"]))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.5

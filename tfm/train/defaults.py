@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Returns the default training config (the embedded default run: a small GPT on pydoc topics)."""
   c = ml_collections.ConfigDict()
   c.task = "lm"                     # objective: lm | mlm | span | seq2seq (see tfm.train.objectives.TASKS)
-  c.model = "gpt2-tiny"             # preset name (tfm.list_configs())
+  c.model = "llama-test"            # preset name (tfm.list_configs()): a 2-layer Llama-style decoder
   c.model_overrides = _model_overrides()  # ModelConfig fields to change (None: the preset's value)
   c.init_from = ""                  # dir of params to start from (tfm.hf.checkpoint.save_params); its config.json
                                     # replaces the preset and its tokenizer.json is used unless data.tokenizer is a path

@@ -298,7 +298,7 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
       log(f"initialised params from {config.init_from}")
   del runtime.state
   start = int(state.step)
-  writer = MetricsWriter(workdir, resume_step=start)
+  writer = MetricsWriter(workdir, resume_step=start, start_time=t_start)
   log(f"model {config.model} ({mc.family}, {num_params:,} params), task {task.name}, {runtime.description}; "
       f"{t.steps} steps of {t.batch_size} x {config.data.seq_len} tokens; workdir {workdir}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Optional
 
 from tfm.train.tensorboard import SummaryWriter
@@ -40,7 +41,8 @@ def read_metrics(workdir: str) -> list[dict]:
 class MetricsWriter:
   """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard."""
 
-  def __init__(self, workdir: str, resume_step: int = 0):
+  def __init__(self, workdir: str, resume_step: int = 0, start_time: Optional[float] = None):
+    self.start_time = time.time() if start_time is None else start_time
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._f = self.tb = None
     if not _primary():  # multi-host: the other processes compute the same records and write nothing
@@ -58,6 +60,7 @@ class MetricsWriter:
     """Logs {name: value} of `split` at `step`; returns the record."""
     record = {"step": int(step), "split": split}
     record.update({k: (float(v) if v is not None else None) for k, v in metrics.items()})
+    record["elapsed_s"] = round(time.time() - self.start_time, 2)  # since this invocation started
     if "loss" in record and "perplexity" not in record and record["loss"] is not None:
       record["perplexity"] = math.exp(min(record["loss"], 80.0))
     if self._f is None:
@@ -65,7 +68,7 @@ class MetricsWriter:
     self._f.write(json.dumps(record) + "\n")
     self._f.flush()
     self.tb.scalars(step, {f"{split}/{k}": v for k, v in record.items()
-                           if k not in ("step", "split") and isinstance(v, float) and math.isfinite(v)})
+                           if k not in ("step", "split", "elapsed_s") and isinstance(v, float) and math.isfinite(v)})
     return record
 
   def close(self) -> None:
