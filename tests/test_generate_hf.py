@@ -2,7 +2,8 @@
 
 Random-weight tiny GPT-2, Llama (GQA) and T5 models are built by `transformers`, saved, and loaded
 with `tfm.from_pretrained`. Both sides decode the same padded batches; the EOS id is a token the
-reference emits mid-sequence, so stopping and padding after EOS are exercised too.
+reference emits mid-sequence, so stopping and padding after EOS are exercised too (rows that do
+not stop are compared over all max_new_tokens).
 """
 
 import functools
@@ -96,18 +97,13 @@ def _compare(kind, tmp_root, **kw):
     raise AssertionError(f"no token of {free.tolist()} makes the reference stop at EOS")
   strategy = "beam" if kw.get("num_beams", 1) > 1 else "greedy"
   beam_kw = {k: v for k, v in kw.items() if k in ("num_beams", "length_penalty", "early_stopping")}
-  for e, ref in ((None, free), (eos, want)):
-    got = np.asarray(tfm.generate(model, params, ids, attention_mask=mask, max_new_tokens=NEW, strategy=strategy,
-                                  eos_token_id=e, pad_token_id=PAD, **beam_kw))
-    assert got.shape == (2, NEW)
-    if e is None:
-      np.testing.assert_array_equal(got, ref)
-    else:
-      assert _upto_eos(got, eos) == _upto_eos(ref, eos)
-      assert any(eos in row for row in got.tolist())  # some sequence did stop at EOS
-      for row in got:  # pad after EOS, up to max_new_tokens
-        row = row.tolist()
-        assert eos not in row or all(x == PAD for x in row[row.index(eos) + 1:])
+  got = np.asarray(tfm.generate(model, params, ids, attention_mask=mask, max_new_tokens=NEW, strategy=strategy,
+                                eos_token_id=eos, pad_token_id=PAD, **beam_kw))
+  assert got.shape == (2, NEW)
+  assert _upto_eos(got, eos) == _upto_eos(want, eos)
+  assert any(eos in row for row in got.tolist())  # some sequence did stop at EOS
+  for row in got.tolist():  # pad after EOS, up to max_new_tokens
+    assert eos not in row or all(x == PAD for x in row[row.index(eos) + 1:])
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "t5"])

@@ -18,6 +18,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Optional
@@ -40,12 +42,51 @@ def _hf_model():
   return transformers.GPT2LMHeadModel(cfg).eval()
 
 
-def _tfm_model(hf):
-  """Returns (tfm model, params) holding the weights of `hf`."""
-  with tempfile.TemporaryDirectory() as d:
-    hf.save_pretrained(d)
-    config, params = tfm.from_pretrained(d)
-  return tfm.build(config), params
+def torch_worker(directory: str, threads: int = 0) -> None:
+  """Saves the HF model into `directory`, then answers generate requests (JSON lines on stdin)."""
+  import torch
+  if threads:
+    torch.set_num_threads(threads)
+  hf = _hf_model()
+  hf.save_pretrained(directory)
+  print(json.dumps({"ready": True, "torch_version": torch.__version__, "threads": torch.get_num_threads()}),
+        flush=True)
+  for line in sys.stdin:
+    req = json.loads(line)
+    ids = torch.tensor(req["ids"])
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+      o = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=req["new"],
+                      min_new_tokens=req["new"], do_sample=False, use_cache=True, eos_token_id=None, pad_token_id=0)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "tokens": o[:, ids.shape[1]:].tolist()}), flush=True)
+
+
+class _TorchSide:
+  """The PyTorch worker process: `call(ids, new)` returns (seconds, new tokens)."""
+
+  def __init__(self, directory: str, threads: int = 0):
+    self.proc = subprocess.Popen([sys.executable, "-m", "tfm.bench_generate", "--torch-worker", directory,
+                                  "--torch-threads", str(threads)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    self.info = json.loads(self._readline())
+
+  def _readline(self) -> str:
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"the PyTorch worker exited (code {self.proc.wait()}); see its stderr above")
+    return line
+
+  def call(self, ids: np.ndarray, new: int):
+    self.proc.stdin.write(json.dumps({"ids": ids.tolist(), "new": new}) + "\n")
+    self.proc.stdin.flush()
+    r = json.loads(self._readline())
+    return r["seconds"], np.asarray(r["tokens"])
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
 
 
 def _median(xs):
@@ -53,43 +94,40 @@ def _median(xs):
 
 
 def run(batches=(1, 8), prompt_len: int = 32, new_tokens: int = 128, iters: int = 7, torch_side: bool = True,
-        log=print) -> dict:
+        torch_threads: int = 0, log=print) -> dict:
   """Returns {"results": [...], "summary": {...}, ...}: tokens/s of tfm (and HF) per batch size."""
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  import torch
-  hf = _hf_model()
-  model, params = _tfm_model(hf)
+  tmp = tempfile.TemporaryDirectory()
+  if torch_side:
+    torch = _TorchSide(tmp.name, torch_threads)  # writes the HF model into tmp
+  else:
+    _hf_model().save_pretrained(tmp.name)
+  config, params = tfm.from_pretrained(tmp.name)
+  model = tfm.build(config)
   out = {"bench": "generate", "config": dict(GPT_NANO, prompt_len=prompt_len, new_tokens=new_tokens),
-         "jax_version": jax.__version__, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-         "load_avg_before": os.getloadavg(), "results": []}
+         "jax_version": jax.__version__, "load_avg_before": os.getloadavg(), "results": []}
+  if torch_side:
+    out["torch"] = torch.info
   g = np.random.default_rng(0)
   for batch in batches:
     ids = g.integers(1, GPT_NANO["vocab_size"], (batch, prompt_len))
 
     def tfm_call():
-      return np.asarray(tfm.generate(model, params, ids, max_new_tokens=new_tokens))
+      t0 = time.perf_counter()
+      toks = np.asarray(tfm.generate(model, params, ids, max_new_tokens=new_tokens))
+      return time.perf_counter() - t0, toks
 
-    def hf_call():
-      with torch.inference_mode():
-        o = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
-                        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True,
-                        eos_token_id=None, pad_token_id=0)
-      return o[:, prompt_len:].numpy()
-
-    t0 = time.perf_counter()
-    ours = tfm_call()  # compile + first run
-    compile_s = time.perf_counter() - t0
+    compile_s, ours = tfm_call()  # compile + first run
     same = None
     sides = {"tfm": tfm_call}
     if torch_side:
-      same = bool(np.array_equal(ours, hf_call()))
-      sides["hf_generate"] = hf_call
+      _, theirs = torch.call(ids, new_tokens)  # warm-up
+      same = bool(np.array_equal(ours, theirs))
+      sides["hf_generate"] = lambda: torch.call(ids, new_tokens)
     times = {k: [] for k in sides}
     for _ in range(iters):
       for name, fn in sides.items():
-        t0 = time.perf_counter()
-        fn()
-        times[name].append(time.perf_counter() - t0)
+        times[name].append(fn()[0])
     for name, ts in times.items():
       med = _median(ts)
       r = dict(method=name, batch=batch, median_s=med, min_s=min(ts), max_s=max(ts), n=len(ts),
@@ -99,6 +137,9 @@ def run(batches=(1, 8), prompt_len: int = 32, new_tokens: int = 128, iters: int 
       out["results"].append(r)
       log(f"{name:12s} batch {batch:2d}: {med * 1e3:8.1f} ms per generate  {r['tokens_per_s']:8.1f} tok/s  "
           f"{r['ms_per_step']:.2f} ms/step  (min {min(ts) * 1e3:.1f}, max {max(ts) * 1e3:.1f})  match={same}")
+  if torch_side:
+    torch.close()
+  tmp.cleanup()
   out["load_avg_after"] = os.getloadavg()
   summary = {f"{r['method']}_b{r['batch']}_tok_per_s": round(r["tokens_per_s"], 1) for r in out["results"]}
   if torch_side:
@@ -116,9 +157,14 @@ def main(argv: Optional[list] = None) -> None:
   p.add_argument("--new-tokens", type=int, default=128)
   p.add_argument("--iters", type=int, default=7, help="timed calls per side and batch (median reported)")
   p.add_argument("--no-torch", action="store_true", help="time tfm only")
+  p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads for HF (0: torch's default)")
+  p.add_argument("--torch-worker", metavar="DIR", help=argparse.SUPPRESS)  # internal: the PyTorch process
   args = p.parse_args(argv)
+  if args.torch_worker:
+    torch_worker(args.torch_worker, args.torch_threads)
+    return
   out = run(tuple(int(b) for b in args.batches.split(",")), args.prompt_len, args.new_tokens, args.iters,
-            torch_side=not args.no_torch)
+            torch_side=not args.no_torch, torch_threads=args.torch_threads)
   print(f"load average before {out['load_avg_before']}, after {out['load_avg_after']} (2 cores; others share them)")
   print(json.dumps(out))
 
