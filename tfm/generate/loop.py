@@ -88,9 +88,12 @@ def generate(model: nn.Module, params: Any, input_ids, *, max_new_tokens: int, a
                        f"got {list(attention_mask.shape)}")
     if not isinstance(attention_mask, jax.core.Tracer) and int(np.min(np.sum(attention_mask, axis=1))) == 0:
       raise ValueError("generate(): every prompt needs at least one real token; attention_mask has a row of zeros")
-  if c.family == "decoder" and c.position == "learned" and input_ids.shape[1] + max_new_tokens - 1 > c.max_len:
-    raise ValueError(f"generate(): prompt_len ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) - 1 "
-                     f"exceeds config.max_len ({c.max_len}), the number of learned positions")
+  if c.position == "learned":
+    longest = input_ids.shape[1] + max_new_tokens - 1 if c.family == "decoder" else max_new_tokens
+    if longest > c.max_len:
+      raise ValueError(f"generate(): {'prompt_len (%d) + ' % input_ids.shape[1] if c.family == 'decoder' else ''}"
+                       f"max_new_tokens ({max_new_tokens}){' - 1' if c.family == 'decoder' else ''} exceeds "
+                       f"config.max_len ({c.max_len}), the number of learned positions")
   sampling_args = dict(temperature=temperature, top_k=top_k, top_p=top_p)
   if strategy != "sample":
     given = [k for k, v in sampling_args.items() if v is not None]
