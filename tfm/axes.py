@@ -31,8 +31,10 @@ ACTIVATION_AXES = ("batch", "length", "kv_length")
 ALL_AXES = PARAM_AXES + ACTIVATION_AXES
 
 # Logical name -> mesh axis (or axes, or None = replicated) for a ("data", "fsdp", "tensor") mesh.
-# Flax resolves rules in order and never uses a mesh axis twice in one array, so an activation
-# [batch, length, embed] is sharded over (data, fsdp) on batch and left whole on embed.
+# tfm.parallel resolves rules in order and never uses a mesh axis twice in one array, so an
+# activation [batch, length, embed] is sharded over (data, fsdp) on batch and left whole on embed,
+# and the second name of an [embed, embed] kernel gets the next free axis or none. (Flax's own
+# nn.logical_to_mesh_axes raises on a repeated name; use tfm.parallel's resolver.)
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
     ("vocab", "tensor"),
