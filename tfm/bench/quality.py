@@ -163,7 +163,6 @@ def plot_quality(records: list[dict], path: str) -> str:
     axes[1].plot([p["flops"] for p in curve], [p["loss"] for p in curve], "o-", ms=3, label=r["variant"])
   axes[0].set_xlabel("training step")
   axes[1].set_xlabel("training FLOPs (analytic, tfm.flops)")
-  axes[1].set_xscale("log")
   for ax in axes:
     ax.set_ylabel("eval loss")
     ax.grid(True, alpha=0.3)

@@ -95,8 +95,10 @@ class TfmRunner:
       self.batch = steps.batch
       self.num_params = steps.num_params
       t0 = time.perf_counter()
-      self.train = steps.train_step.lower(steps.state, steps.batch, self.rng).compile()
-      self.compile_s = time.perf_counter() - t0
+      lowered = steps.train_step.lower(steps.state, steps.batch, self.rng)
+      self.lower_s = time.perf_counter() - t0  # tracing + lowering to StableHLO (Python side)
+      self.train = lowered.compile()
+      self.compile_s = time.perf_counter() - t0  # lower + XLA compile
       self.forward_compile_s = None
       self.fwd = None
       if forward:
@@ -127,6 +129,7 @@ class TfmRunner:
         batch_size=v.batch, tokens_per_step=flops.tokens, dtype=c.dtype, attention=c.attention_impl,
         remat=c.remat, scan_layers=c.scan_layers, num_layers=c.num_layers, num_params=self.num_params,
         flops_per_token=flops.train_per_token, train_flops_per_step=flops.train, compile_s=self.compile_s,
+        lower_s=self.lower_s,
         forward_compile_s=self.forward_compile_s, peak_memory_bytes=self.monitor.peak_bytes,
         memory_source=self.monitor.source,
         xla_temp_bytes=getattr(mem_xla, "temp_size_in_bytes", None) if mem_xla else None,
