@@ -8,7 +8,6 @@ import os
 import time
 from typing import Optional
 
-from tfm.train.tensorboard import SummaryWriter
 
 
 def _primary() -> bool:
@@ -54,6 +53,7 @@ class MetricsWriter:
         f.write(json.dumps(r) + "\n")
     os.replace(self.path + ".tmp", self.path)
     self._f = open(self.path, "a")
+    from tensorboardX import SummaryWriter  # writes TensorBoard event files without TensorFlow
     self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, metrics: dict) -> dict:
@@ -67,8 +67,10 @@ class MetricsWriter:
       return record
     self._f.write(json.dumps(record) + "\n")
     self._f.flush()
-    self.tb.scalars(step, {f"{split}/{k}": v for k, v in record.items()
-                           if k not in ("step", "split", "elapsed_s") and isinstance(v, float) and math.isfinite(v)})
+    for tag, value in ((f"{split}/{k}", v) for k, v in record.items()
+                       if k not in ("step", "split") and isinstance(v, float) and math.isfinite(v)):
+      self.tb.add_scalar(tag, value, step)
+    self.tb.flush()
     return record
 
   def close(self) -> None:
