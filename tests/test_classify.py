@@ -57,21 +57,21 @@ def _write_csv(path, rows, fields):
 
 @pytest.fixture(scope="module")
 def sst2_small(tmp_path_factory):
-  """A few hundred SST-2 sentences as CSV files (train from train.tsv, validation from dev.tsv)."""
+  """Eight hundred SST-2 sentences as CSV files (train from train.tsv, 300 validation from dev.tsv)."""
   d = tmp_path_factory.mktemp("sst2_small")
-  train = [{"text": r["sentence"], "label": r["label"]} for r in _read_tsv("train.tsv", 600, 0)]
+  train = [{"text": r["sentence"], "label": r["label"]} for r in _read_tsv("train.tsv", 800, 0)]
   dev = [{"text": r["sentence"], "label": r["label"]} for r in _read_tsv("dev.tsv", 300, 1)]
   return _write_csv(d / "train.csv", train, ["text", "label"]), _write_csv(d / "dev.csv", dev, ["text", "label"])
 
 
 @pytest.fixture(scope="module")
 def sst2_run(sst2_small, tmp_path_factory):
-  """A tiny encoder fine-tuned on 600 SST-2 sentences."""
+  """A tiny encoder fine-tuned on 800 SST-2 sentences (dev accuracy 0.66-0.67 over seeds 0-2 here)."""
   tmp = tmp_path_factory.mktemp("sst2_run")
   train, dev = sst2_small
-  c = sst2_config(tmp, **{"data.name": "csv", "data.train": train, "data.validation": dev, "train.steps": 150,
-                          "train.eval_every": 50, "train.checkpoint_every": 50,
-                          "optimizer.learning_rate": 2e-3})
+  c = sst2_config(tmp, **{"data.name": "csv", "data.train": train, "data.validation": dev, "train.steps": 300,
+                          "train.eval_every": 100, "train.checkpoint_every": 100,
+                          "optimizer.learning_rate": 1e-3})
   summary = train_and_evaluate(c, str(tmp / "w"), log=lambda *_: None)
   return summary, str(tmp / "w"), dev
 
@@ -81,7 +81,7 @@ def test_tiny_sst2_fine_tune_beats_majority_class(sst2_run):
   with open(dev) as f:
     labels = [r["label"] for r in csv.DictReader(f)]
   majority = max(labels.count("0"), labels.count("1")) / len(labels)
-  # 600 training sentences from scratch: well above the majority rate, far below a full run.
+  # 800 training sentences from scratch: well above the majority rate, far below a full run.
   assert summary["best_eval_accuracy"] >= majority + 0.08, (summary["best_eval_accuracy"], majority)
   for k in ("best_eval_macro_f1", "best_eval_mcc", "eval_accuracy", "labels"):
     assert k in summary
