@@ -23,6 +23,7 @@ import numpy as np
 
 import tfm
 from tfm.data import sources
+from tfm.train.checkpoint import run_model_config, run_params
 from tfm.train.classify import classify_logits, encode_examples, make_encoder
 
 
@@ -53,30 +54,15 @@ def _load_tokenizer(workdir: str, kind: str):
   return load_tokenizer(path)
 
 
-def _load_params(workdir: str, which: str):
-  import orbax.checkpoint as ocp
-  directory = os.path.join(workdir, "best" if which == "best" else "checkpoints")
-  if not os.path.isdir(directory) or not os.listdir(directory):
-    directory = os.path.join(workdir, "checkpoints")
-  mgr = ocp.CheckpointManager(directory, item_names=("state", "meta"))
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {directory}")
-  state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  mgr.close()
-  return state["params"], step
-
-
 def predict(workdir: str, texts, texts_b=None, *, checkpoint: str = "best", batch_size: int = 64):
   """Returns (label names, [n, num_labels] probabilities) of the texts under the run in `workdir`."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    mc = tfm.ModelConfig(**json.load(f)["model_config"])
+  mc = run_model_config(workdir)
   with open(os.path.join(workdir, "labels.json")) as f:
     meta = json.load(f)
   if not mc.num_labels:
     raise ValueError(f"{workdir} is not a classification run (its model has no num_labels)")
   model = tfm.build(mc)
-  params, _ = _load_params(workdir, checkpoint)
+  params, _ = run_params(workdir, checkpoint)
   encoder = make_encoder(_load_tokenizer(workdir, meta.get("tokenizer", "tfm")))
   inputs, _, _ = encode_examples(encoder, texts, texts_b, int(meta["seq_len"]))
   fwd = jax.jit(lambda p, b: jax.nn.softmax(classify_logits(model, p, b).astype(np.float32), -1))

@@ -43,17 +43,13 @@ class _Text:
 def load_run(workdir: str, checkpoint: str = "best"):
   """Returns (model, params, _Text) of a tfm training run's workdir."""
   from tfm.data.tokenizers import load_tokenizer
-  from tfm.predict import _load_params
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"--workdir {workdir!r} has no config.json: not a tfm training run")
-  with open(path) as f:
-    config = tfm.ModelConfig(**json.load(f)["model_config"])
+  from tfm.train.checkpoint import run_model_config, run_params
+  config = run_model_config(workdir)
   tok_path = os.path.join(workdir, "tokenizer.json")
   if not os.path.isfile(tok_path):
     raise FileNotFoundError(f"--workdir {workdir!r} has no tokenizer.json")
   tok = load_tokenizer(tok_path)
-  params, _ = _load_params(workdir, checkpoint)
+  params, _ = run_params(workdir, checkpoint)
   return tfm.build(config), params, _Text(tok, tok.eos_id, tok.pad_id)
 
 

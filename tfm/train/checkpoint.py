@@ -90,3 +90,34 @@ class Checkpoints:
     """Closes both managers."""
     self.latest.close()
     self.best.close()
+
+
+def run_model_config(workdir: str):
+  """Returns the tfm.ModelConfig saved in a training run's WORKDIR/config.json."""
+  import json
+  from tfm.config import ModelConfig
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{workdir} has no config.json: not a tfm training run")
+  with open(path) as f:
+    return ModelConfig(**json.load(f)["model_config"])
+
+
+def run_params(workdir: str, which: str = "latest") -> tuple[Any, int]:
+  """Returns (params, step) of a training run: its newest checkpoint, or with which="best" its best one."""
+  if which not in ("latest", "best"):
+    raise ValueError(f"checkpoint must be 'latest' or 'best'; got {which!r}")
+  directory = os.path.join(workdir, "best" if which == "best" else "checkpoints")
+  if not os.path.isdir(directory) or not os.listdir(directory):
+    directory = os.path.join(workdir, "checkpoints")  # a run that never evaluated has no best/
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{workdir} has no checkpoints/ directory: not a tfm training run")
+  mgr = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
+  try:
+    step = mgr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {directory}")
+    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  finally:
+    mgr.close()
+  return state["params"], step

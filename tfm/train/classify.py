@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -280,17 +279,10 @@ def load_start_point(path: str):
       hf_tok = None
     return mc, params, hf_tok, None
   if _is_run_dir(path):
-    import orbax.checkpoint as ocp
-    with open(os.path.join(path, "config.json")) as f:
-      mc = tfm.ModelConfig(**json.load(f)["model_config"])
-    mgr = ocp.CheckpointManager(os.path.join(path, "checkpoints"), item_names=("state", "meta"))
-    step = mgr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"config field 'init_from': the run {path} has no checkpoint")
-    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    mgr.close()
+    from tfm.train.checkpoint import run_model_config, run_params
+    params, _ = run_params(path, "latest")
     tok = os.path.join(path, "tokenizer.json")
-    return mc, state["params"], None, tok if os.path.exists(tok) else None
+    return run_model_config(path), params, None, tok if os.path.exists(tok) else None
   mc, params = load_params(path)
   tok = os.path.join(path, "tokenizer.json")
   return mc, params, None, tok if os.path.exists(tok) else None
