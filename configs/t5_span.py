@@ -5,7 +5,8 @@
 
 Inputs keep the text with each noise span replaced by a sentinel <extra_id_i>; targets list the
 sentinels followed by the spans they hide, then [EOS]. Target: eval loss falls by at least half from
-its first value within 5 minutes on 2 CPU cores.
+its first value within 5 minutes on 2 CPU cores. Measured on a quiet 2-core machine: 5.32 at step 0
+(T5's own initialisation, init="t5"), 2.63 at step 200 (38 s), 2.34 at step 1500 (171 s).
 """
 
 from tfm.train.defaults import base_config, lock

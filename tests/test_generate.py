@@ -20,8 +20,9 @@ SHAPE = (2, 5)  # [batch, prompt_len] of most prompts
 
 @functools.lru_cache(maxsize=None)
 def _model(name, **overrides):
-  # init_std 0.2 gives peaked next-token distributions, so argmax is far from ties.
-  c = tfm.get_config(name, **{"init_std": 0.2, **overrides})
+  # N(0, 0.2) weights (init "normal", also for T5) give peaked next-token distributions, so argmax is
+  # far from ties; T5's own fan-in init makes tiny random T5s repeat one token.
+  c = tfm.get_config(name, **{"init": "normal", "init_std": 0.2, **overrides})
   m = tfm.build(c)
   ids = jnp.ones((1, 4), jnp.int32)
   if c.family == "decoder":

@@ -201,3 +201,31 @@ def test_comparison_detects_a_wrong_weight(tmp_path):
   params["decoder"]["layers"]["layer_0"]["self_attention"]["query"]["kernel"] = q[:, ::-1]
   got = jax.jit(tfm.build(config).apply)({"params": params}, **j_in)
   assert _compare(got, ref, compare) > 100 * TOL
+
+
+def test_t5_init_matches_transformers_t5_init():
+  """init="t5" draws every weight with the std HF's T5PreTrainedModel._init_weights uses (within 5 %)."""
+  import flax
+  import transformers
+  c = tfm.get_config("t5-small", num_layers=1, vocab_size=512)
+  ids = jnp.ones((1, 4), jnp.int32)
+  p = flax.linen.meta.unbox(tfm.build(c).init(jax.random.PRNGKey(0), ids, decoder_input_ids=ids)["params"])
+  flat = flax.traverse_util.flatten_dict(p, sep="/")
+  torch.manual_seed(0)
+  hf = transformers.T5ForConditionalGeneration(transformers.T5Config(
+      vocab_size=512, d_model=c.d_model, d_kv=c.head_dim, d_ff=c.d_ff, num_layers=1, num_heads=c.num_heads))
+  sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+  pairs = {
+      "token_embed/embedding": "shared.weight",
+      "encoder/layers/layer_0/self_attention/query/kernel": "encoder.block.0.layer.0.SelfAttention.q.weight",
+      "encoder/layers/layer_0/self_attention/key/kernel": "encoder.block.0.layer.0.SelfAttention.k.weight",
+      "encoder/layers/layer_0/self_attention/value/kernel": "encoder.block.0.layer.0.SelfAttention.v.weight",
+      "encoder/layers/layer_0/self_attention/out/kernel": "encoder.block.0.layer.0.SelfAttention.o.weight",
+      "encoder/layers/layer_0/mlp/wi/kernel": "encoder.block.0.layer.1.DenseReluDense.wi.weight",
+      "encoder/layers/layer_0/mlp/wo/kernel": "encoder.block.0.layer.1.DenseReluDense.wo.weight",
+      "decoder/layers/layer_0/cross_attention/query/kernel": "decoder.block.0.layer.1.EncDecAttention.q.weight",
+      "encoder/relative_bias/rel_embedding":
+          "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+  }
+  for ours, theirs in pairs.items():
+    np.testing.assert_allclose(float(np.std(flat[ours])), float(np.std(sd[theirs])), rtol=0.05, err_msg=ours)

@@ -21,6 +21,7 @@ CLASSIFIER_SOURCES = ("encoder", "decoder")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "reference")
+INITS = ("normal", "t5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +82,8 @@ class ModelConfig:
   attention_impl: str = "xla"          # xla | cudnn | reference
   scan_layers: bool = False            # lax.scan over layers (compile time flat in depth)
   remat: str = "none"                  # none | full | dots
-  init_std: float = 0.02
+  init: str = "normal"                 # normal | t5 (see `kernel_std`)
+  init_std: float = 0.02               # std of every weight when init="normal"
 
   def __post_init__(self):
     validate(self)
@@ -118,6 +120,22 @@ class ModelConfig:
     if self.classifier_pooling is not None:
       return self.classifier_pooling
     return {"encoder": "first", "decoder": "last", "encoder_decoder": "mean"}[self.family]
+
+  @property
+  def kernel_std(self) -> Optional[float]:
+    """Returns the std of dense kernels: init_std ("normal"), or None = fan_in ** -0.5 ("t5").
+
+    init="t5" is Mesh TensorFlow's / HF T5's scheme: kernels N(0, 1/fan_in) (the query also times
+    head_dim ** -0.5 when scale_attention is False), token embedding and untied LM head N(0, 1),
+    relative-position bias N(0, 1/d_model). Its logits are scaled by d_model ** -0.5, so T5 with
+    "normal" 0.02 weights starts with vanishing logits and learns slowly.
+    """
+    return self.init_std if self.init == "normal" else None
+
+  @property
+  def embed_std(self) -> float:
+    """Returns the std of the token embedding (and of an untied LM head)."""
+    return self.init_std if self.init == "normal" else 1.0
 
   def replace(self, **overrides: Any) -> "ModelConfig":
     """Returns a validated copy with fields replaced; unknown fields raise ValueError."""
@@ -158,6 +176,7 @@ def validate(c: ModelConfig) -> None:
   _choice("param_dtype", c.param_dtype, DTYPES)
   _choice("remat", c.remat, REMAT)
   _choice("attention_impl", c.attention_impl, ATTENTION_IMPLEMENTATIONS)
+  _choice("init", c.init, INITS)
   if c.classifier_pooling is not None:
     _choice("classifier_pooling", c.classifier_pooling, POOLINGS)
   for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len",

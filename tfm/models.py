@@ -94,7 +94,7 @@ class Tower(nn.Module):
 
 
 def _token_embed(c: ModelConfig) -> Embed:
-  return Embed(c.vocab_size, c.d_model, ("vocab", "embed"), c.init_std, c.dtype, c.param_dtype, name="token_embed")
+  return Embed(c.vocab_size, c.d_model, ("vocab", "embed"), c.embed_std, c.dtype, c.param_dtype, name="token_embed")
 
 
 def _reject(family: str, **unsupported):

@@ -20,7 +20,7 @@ _BERT = dict(family="encoder", vocab_size=30522, max_len=512, position="learned"
 _T5 = dict(family="encoder_decoder", vocab_size=32128, position="relative", relative_buckets=32,
            relative_max_distance=128, norm="rmsnorm", norm_eps=1e-6, norm_position="pre", mlp="relu",
            use_bias=False, scale_attention=False, tie_embeddings=True, scale_tied_logits=True,
-           head_dim=64, pad_token_id=0, decoder_start_token_id=0, dropout_rate=0.1)
+           head_dim=64, pad_token_id=0, decoder_start_token_id=0, dropout_rate=0.1, init="t5")
 _T5_V1_1 = dict(_T5, mlp="geglu_tanh", tie_embeddings=False, scale_tied_logits=False)
 _BART = dict(family="encoder_decoder", vocab_size=50265, max_len=1024, position="learned",
              position_offset=2, norm="layernorm", norm_eps=1e-5, norm_position="post", embed_norm=True,

@@ -191,7 +191,7 @@ def from_pretrained(path_or_id: str, *, architecture: Optional[str] = None, **ov
 
 
 _RUNTIME = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype", "attention_impl", "scan_layers",
-            "remat", "init_std")
+            "remat", "init", "init_std")
 
 
 def _effective(c: ModelConfig) -> dict:

@@ -309,7 +309,7 @@ def _t5_to_tfm(hf, head_kind, tied, has):
       mlp=_act(act, "feed_forward_proj", gated=len(parts) == 2), use_bias=False, scale_attention=False,
       tie_embeddings=tied, scale_tied_logits=bool(scale), lm_head=head_kind == "lm", pad_token_id=pad,
       decoder_start_token_id=start if isinstance(start, int) else pad, dropout_rate=hf.get("dropout_rate", 0.1),
-      attention_dropout_rate=hf.get("dropout_rate", 0.1))
+      attention_dropout_rate=hf.get("dropout_rate", 0.1), init="t5")
 
 
 def _t5_to_hf(c, head_kind):

@@ -32,8 +32,9 @@ class Attention(nn.Module):
     c = self.config
     h, kvh, d = c.num_heads, c.kv_heads, c.dim_per_head
     qkv_bias = c.use_bias if c.qkv_bias is None else c.qkv_bias
-    kw = dict(init_std=c.init_std, dtype=c.dtype, param_dtype=c.param_dtype)
-    q = Dense((h, d), ("embed", "heads", "kv"), use_bias=qkv_bias, name="query", **kw)(x_q)   # [batch, q_len, heads, head_dim]
+    kw = dict(init_std=c.kernel_std, dtype=c.dtype, param_dtype=c.param_dtype)
+    q_scale = 1.0 if c.scale_attention else d ** -0.5  # fan-in init folds the missing 1/sqrt(d) into the query
+    q = Dense((h, d), ("embed", "heads", "kv"), use_bias=qkv_bias, fan_in_scale=q_scale, name="query", **kw)(x_q)   # [batch, q_len, heads, head_dim]
     k = Dense((kvh, d), ("embed", "kv_heads", "kv"), use_bias=qkv_bias, name="key", **kw)(x_kv)  # [batch, kv_len, kv_heads, head_dim]
     v = Dense((kvh, d), ("embed", "kv_heads", "kv"), use_bias=qkv_bias, name="value", **kw)(x_kv)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))

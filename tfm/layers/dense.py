@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -17,7 +18,8 @@ class Dense(nn.Module):
   axes: Sequence[str]            # logical names of every kernel axis (inputs then outputs)
   contract: int = 1
   use_bias: bool = True
-  init_std: float = 0.02
+  init_std: Optional[float] = 0.02  # None: fan_in ** -0.5 * fan_in_scale (fan_in: product of the contracted dims)
+  fan_in_scale: float = 1.0
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -26,7 +28,8 @@ class Dense(nn.Module):
     """Returns x · kernel (+ bias): [..., *features]."""
     features = tuple(self.features)
     in_dims = x.shape[x.ndim - self.contract:]
-    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(self.init_std), tuple(self.axes)),
+    std = self.init_std if self.init_std is not None else self.fan_in_scale * math.prod(in_dims) ** -0.5
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(std), tuple(self.axes)),
                         tuple(in_dims) + features, to_dtype(self.param_dtype))
     dtype = to_dtype(self.dtype)
     contract_x = tuple(range(x.ndim - self.contract, x.ndim))

@@ -41,7 +41,7 @@ class LMHead(nn.Module):
   def __call__(self, x):
     """Returns logits [batch, length, vocab]."""
     c = self.config
-    kw = dict(init_std=c.init_std, dtype=c.dtype, param_dtype=c.param_dtype)
+    kw = dict(init_std=c.kernel_std, dtype=c.dtype, param_dtype=c.param_dtype)
     if c.lm_transform:
       x = activation(c.mlp)(Dense((c.d_model,), ("embed", "embed"), use_bias=True, name="transform", **kw)(x))
       x = Norm(c, name="transform_norm")(x)
@@ -50,7 +50,8 @@ class LMHead(nn.Module):
         x = x * (c.d_model ** -0.5)
       logits = self.token_embed.attend(x)
     else:
-      logits = Dense((c.vocab_size,), ("embed", "vocab"), use_bias=False, name="output", **kw)(x)
+      logits = Dense((c.vocab_size,), ("embed", "vocab"), use_bias=False, name="output",
+                     **dict(kw, init_std=c.embed_std))(x)
     if c.lm_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)), (c.vocab_size,),
                         to_dtype(c.param_dtype))
@@ -67,7 +68,7 @@ class Pooler(nn.Module):
   def __call__(self, hidden):
     """Returns the pooled output [batch, embed]."""
     c = self.config
-    return jnp.tanh(Dense((c.d_model,), ("embed", "embed"), init_std=c.init_std, dtype=c.dtype,
+    return jnp.tanh(Dense((c.d_model,), ("embed", "embed"), init_std=c.kernel_std, dtype=c.dtype,
                           param_dtype=c.param_dtype, name="dense")(hidden[:, 0]))
 
 
@@ -80,7 +81,7 @@ class ClassifierHead(nn.Module):
   def __call__(self, pooled, deterministic=True):
     """Returns the classification logits [batch, num_labels]."""
     c = self.config
-    kw = dict(init_std=c.init_std, dtype=c.dtype, param_dtype=c.param_dtype)
+    kw = dict(init_std=c.kernel_std, dtype=c.dtype, param_dtype=c.param_dtype)
     x = nn.Dropout(c.dropout_rate)(pooled, deterministic=deterministic)
     if c.classifier_hidden:
       x = jnp.tanh(Dense((c.d_model,), ("embed", "embed"), name="dense", **kw)(x))

@@ -42,7 +42,7 @@ class Mlp(nn.Module):
   def __call__(self, x):
     """Returns the MLP output [batch, length, embed]."""
     c = self.config
-    kw = dict(use_bias=c.use_bias, init_std=c.init_std, dtype=c.dtype, param_dtype=c.param_dtype)
+    kw = dict(use_bias=c.use_bias, init_std=c.kernel_std, dtype=c.dtype, param_dtype=c.param_dtype)
     act = activation(c.mlp)
     if c.gated_mlp:
       h = act(Dense((c.d_ff,), ("embed", "mlp"), name="wi_0", **kw)(x)) * Dense((c.d_ff,), ("embed", "mlp"), name="wi_1", **kw)(x)
