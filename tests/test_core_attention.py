@@ -150,9 +150,12 @@ def test_mask_builders_match_definitions():
 
 
 def test_update_kv_cache_writes_at_index():
-  ck = jnp.zeros((2, 6, 1, 3))
-  cv = jnp.zeros((2, 6, 1, 3))
-  k = jnp.ones((2, 2, 1, 3))
+  # caches are heads-major [batch, kv_heads, max_len, head_dim]; new k, v come as [batch, t, kv_heads, head_dim]
+  ck = jnp.zeros(core.cache_shape(2, 6, 2, 3))
+  cv = jnp.zeros(core.cache_shape(2, 6, 2, 3))
+  k = jnp.arange(2 * 2 * 2 * 3, dtype=jnp.float32).reshape(2, 2, 2, 3) + 1
   nk, nv = core.update_kv_cache(ck, cv, k, 2 * k, jnp.int32(3))
-  assert np.asarray(nk)[:, 3:5].min() == 1 and np.asarray(nk)[:, :3].max() == 0 and np.asarray(nk)[:, 5:].max() == 0
-  assert np.asarray(nv)[:, 3:5].min() == 2
+  view = np.asarray(core.cache_view(nk))  # [batch, max_len, kv_heads, head_dim]
+  np.testing.assert_array_equal(view[:, 3:5], np.asarray(k))
+  assert view[:, :3].max() == 0 and view[:, 5:].max() == 0
+  np.testing.assert_array_equal(np.asarray(core.cache_view(nv))[:, 3:5], 2 * np.asarray(k))

@@ -82,13 +82,28 @@ def combine_masks(*masks: Optional[jax.Array]) -> Optional[jax.Array]:
 
 def update_kv_cache(cached_k: jax.Array, cached_v: jax.Array, k: jax.Array, v: jax.Array,
                     index: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Returns the caches with k, v ([batch, t, kv_heads, head_dim]) written at slot `index` onwards."""
-  # cached_k, cached_v: [batch, max_len, kv_heads, head_dim]; index: scalar int32
+  """Returns the caches with k, v ([batch, t, kv_heads, head_dim]) written at slot `index` onwards.
+
+  The caches are stored heads-major, [batch, kv_heads, max_len, head_dim]: the layout of the two
+  batched matmuls of attention (batch and heads leading), so that XLA reads the cache in place
+  at every decoding step instead of transposing all of it (two cache copies per layer per token).
+  Read them back as [batch, max_len, kv_heads, head_dim] with `cache_view`.
+  """
   zero = jnp.zeros((), jnp.int32)
-  start = (zero, index.astype(jnp.int32), zero, zero)
-  cached_k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), start)
-  cached_v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), start)
+  start = (zero, zero, index.astype(jnp.int32), zero)
+  cached_k = jax.lax.dynamic_update_slice(cached_k, jnp.swapaxes(k, 1, 2).astype(cached_k.dtype), start)
+  cached_v = jax.lax.dynamic_update_slice(cached_v, jnp.swapaxes(v, 1, 2).astype(cached_v.dtype), start)
   return cached_k, cached_v
+
+
+def cache_view(cached: jax.Array) -> jax.Array:
+  """Returns a heads-major cache [batch, kv_heads, max_len, head_dim] as [batch, max_len, kv_heads, head_dim]."""
+  return jnp.swapaxes(cached, 1, 2)
+
+
+def cache_shape(batch: int, max_len: int, kv_heads: int, head_dim: int) -> tuple[int, int, int, int]:
+  """Returns the shape of one layer's key (or value) cache: [batch, kv_heads, max_len, head_dim]."""
+  return (batch, kv_heads, max_len, head_dim)
 
 
 # ----------------------------------------------------------------------------------------------

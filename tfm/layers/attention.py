@@ -47,11 +47,12 @@ class Attention(nn.Module):
     if self.decode and not self.is_cross:
       # The cache is created (zeros, full length) by an init call; later calls write into it.
       initialized = self.has_variable("cache", "cached_key")
-      cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-      cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      shape = core.cache_shape(k.shape[0], k.shape[1], kvh, d)  # [batch, kv_heads, max_len, head_dim]
+      cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+      cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
       if initialized:
         cached_k.value, cached_v.value = core.update_kv_cache(cached_k.value, cached_v.value, k, v, cache_index)
-        k, v = cached_k.value, cached_v.value  # [batch, max_len, kv_heads, head_dim]
+        k, v = core.cache_view(cached_k.value), core.cache_view(cached_v.value)  # [batch, max_len, kv_heads, head_dim]
 
     dropout_rng = None
     if not self.deterministic and c.attention_dropout_rate > 0:
