@@ -103,7 +103,7 @@ class TfmRunner:
       self.fwd = None
       if forward:
         t0 = time.perf_counter()
-        self.fwd = steps.forward.lower(steps.state[0], steps.batch, self.rng).compile()
+        self.fwd = steps.forward.lower(steps.state.params, steps.batch).compile()
         self.forward_compile_s = time.perf_counter() - t0
       self.state = steps.state  # the compiled step donates it: only this reference stays live
       del steps
@@ -118,7 +118,7 @@ class TfmRunner:
       self.train_ts += dev.time_calls(self._step, warmup, iters)
       self.loss = float(self._step())
       if self.fwd is not None:
-        self.fwd_ts += dev.time_calls(lambda: self.fwd(self.state[0], self.batch, self.rng), max(1, warmup // 2), iters)
+        self.fwd_ts += dev.time_calls(lambda: self.fwd(self.state.params, self.batch), max(1, warmup // 2), iters)
 
   def record(self, local_peak: float, load_start) -> dict:
     """Returns the variant's record from the timings so far."""

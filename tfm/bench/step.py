@@ -1,23 +1,30 @@
-"""The benchmark's own training step: random tokens, the family's loss, optax AdamW, jit with donated state.
+"""The benchmark's training step: tfm.train.step.train_step itself, fed random batches in each task's format.
 
-Kept minimal and independent of tfm.train so the speed benchmark measures the model, not a loop:
-causal / masked LM and seq2seq use token cross-entropy against random targets, classifiers use
-label cross-entropy. The optimizer is AdamW (lr 3e-4, weight decay 0.1), as in the PyTorch baselines.
+The speed benchmark times exactly the step `train.py` runs (the task's loss, AdamW with warm-up,
+global-norm clipping and no decay on norms and biases, jit with the state donated), not a copy of
+it. Random tokens fill the batch: decoders train the causal-LM task, encoders the masked-LM task
+(every position is a target, as in the PyTorch baselines), encoder-decoders the seq2seq task,
+classifiers the classification task. The same numpy arrays (`Batch`) feed the PyTorch side.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import tfm
 from tfm.config import ModelConfig
+from tfm.train.defaults import base_config
+from tfm.train.objectives import get_task
+from tfm.train.optim import make_optimizer
+from tfm.train.state import create_train_state
+from tfm.train.step import eval_step, train_step
 
 
 @dataclasses.dataclass
@@ -27,10 +34,6 @@ class Batch:
   input_ids: np.ndarray                  # [batch, seq]
   targets: np.ndarray                    # [batch, seq] | [batch, tgt] | [batch] labels
   decoder_input_ids: Optional[np.ndarray] = None  # [batch, tgt] (encoder-decoder)
-
-  def as_jax(self) -> dict:
-    """Returns the batch as a dict of jnp arrays (None entries dropped)."""
-    return {k: jnp.asarray(v) for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 def random_batch(config: ModelConfig, batch: int, seq: int, tgt: Optional[int] = None, seed: int = 0) -> Batch:
@@ -48,20 +51,28 @@ def random_batch(config: ModelConfig, batch: int, seq: int, tgt: Optional[int] =
   return Batch(ids, r.randint(1, config.vocab_size, (batch, seq)).astype(np.int32))
 
 
-def loss_fn(model: nn.Module) -> Callable:
-  """Returns loss(params, batch_dict, rng) -> scalar float32 cross-entropy of `model`'s family and head."""
-  c = model.config
-  train = c.dropout_rate > 0 or c.attention_dropout_rate > 0
+def task_name(config: ModelConfig) -> str:
+  """Returns the training task the benchmark runs for `config`: classify, lm, mlm or seq2seq."""
+  if config.num_labels:
+    return "classify"
+  return {"decoder": "lm", "encoder": "mlm", "encoder_decoder": "seq2seq"}[config.family]
 
-  def loss(params, batch, rng):
-    kw = {}
-    if "decoder_input_ids" in batch:
-      kw["decoder_input_ids"] = batch["decoder_input_ids"]
-    logits = model.apply({"params": params}, batch["input_ids"], deterministic=not train,
-                         rngs={"dropout": rng} if train else None, **kw)
-    logits = logits.astype(jnp.float32)  # [batch, (len,) vocab | labels]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
-  return loss
+
+def task_batch(config: ModelConfig, batch: Batch) -> dict:
+  """Returns `batch` as the dict of jnp arrays the task's loss reads (see tfm.train.objectives)."""
+  b, s = batch.input_ids.shape
+  ones = np.ones((b, s), np.int32)
+  if config.num_labels:
+    out = {"inputs": batch.input_ids, "attention_mask": ones, "labels": batch.targets,
+           "weights": np.ones((b,), np.float32)}
+    if config.family == "encoder" and config.type_vocab_size:
+      out["token_types"] = np.zeros((b, s), np.int32)
+  elif config.family == "encoder_decoder":  # the seq2seq loss shifts the targets into decoder inputs itself
+    out = {"inputs": batch.input_ids, "targets": batch.targets, "weights": np.ones(batch.targets.shape, np.float32)}
+  else:  # causal or masked LM over one unpacked sequence per row
+    out = {"inputs": batch.input_ids, "targets": batch.targets, "segment_ids": ones,
+           "weights": np.ones((b, s), np.float32)}
+  return {k: jnp.asarray(v) for k, v in out.items()}
 
 
 @dataclasses.dataclass
@@ -69,28 +80,31 @@ class Steps:
   """A model's jitted training and forward functions, with their example arguments."""
 
   model: nn.Module
-  state: Any               # (params, opt_state)
+  state: Any               # tfm.train.state.TrainState
   batch: dict
   train_step: Callable     # (state, batch, rng) -> (state, loss); the state argument is donated
-  forward: Callable        # (params, batch, rng) -> loss
+  forward: Callable        # (params, batch) -> loss (deterministic: no dropout)
   num_params: int
 
 
-def make_steps(config: ModelConfig, batch: Batch, seed: int = 0, learning_rate: float = 3e-4) -> Steps:
-  """Returns Steps for `config`: params initialised from `seed`, AdamW state, and the jitted steps."""
+def make_steps(config: ModelConfig, batch: Batch, seed: int = 0, total_steps: int = 1000) -> Steps:
+  """Returns Steps for `config`: params from `seed`, train.py's default optimizer, and the jitted steps."""
   model = tfm.build(config)
-  data = batch.as_jax()
-  init_kw = {"decoder_input_ids": data["decoder_input_ids"]} if "decoder_input_ids" in data else {}
-  params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(seed), data["input_ids"], **init_kw)["params"])
-  tx = optax.adamw(learning_rate, weight_decay=0.1)
-  loss = loss_fn(model)
+  task = get_task(task_name(config))
+  data = task_batch(config, batch)
+  init_kw = {"decoder_input_ids": jnp.asarray(batch.decoder_input_ids)} if batch.decoder_input_ids is not None else {}
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(seed), data["inputs"], **init_kw)["params"])
+  tx = make_optimizer(base_config().optimizer, total_steps)
+  state = create_train_state(params, tx, jax.random.PRNGKey(seed + 1))
+  step = functools.partial(train_step, model=model, tx=tx, task=task)
 
-  def train_step(state, batch, rng):
-    params, opt_state = state
-    value, grads = jax.value_and_grad(loss)(params, batch, rng)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), value
+  def train(state, batch, rng):
+    state, metrics = step(state, batch, rng)
+    return state, metrics["loss"]
 
-  return Steps(model=model, state=(params, tx.init(params)), batch=data,
-               train_step=jax.jit(train_step, donate_argnums=0), forward=jax.jit(loss),
-               num_params=tfm.count_params(params))
+  def forward(params, batch):
+    sums = eval_step(params, batch, model=model, task=task)
+    return sums["loss"] / jnp.maximum(sums["weight"], 1.0)
+
+  return Steps(model=model, state=state, batch=data, train_step=jax.jit(train, donate_argnums=0),
+               forward=jax.jit(forward), num_params=tfm.count_params(params))

@@ -7,8 +7,9 @@ ModelConfig and fed the same random batch (tfm.bench.step.random_batch):
     T5ForConditionalGeneration (T5-shaped encoder-decoders);
   * for GPT-2-shaped decoders also a hand-written nanoGPT-style model (`TorchGPT`), the fastest
     plain PyTorch a user would write (fused QKV, `scaled_dot_product_attention`, tied head).
-Training step: AdamW (lr 3e-4, weight decay 0.1), cross-entropy on the same targets, float32 or the
-config's dtype through autocast-free casts. tfm and PyTorch alternate `rounds` times per model; the
+Training step: cross-entropy on the same targets, gradients clipped to global norm 1 and AdamW
+(weight decay 0.1), as tfm's train step (tfm.bench.step runs tfm.train.step.train_step with
+train.py's default optimizer); float32 or the config's dtype through autocast-free casts. tfm and PyTorch alternate `rounds` times per model; the
 tfm / PyTorch ratio uses the faster PyTorch model. Needs the `dev` extra (torch, transformers).
 """
 
@@ -173,6 +174,7 @@ class TorchRunner:
     self.opt.zero_grad(set_to_none=True)
     loss = self._loss()
     loss.backward()
+    self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)  # as tfm (and nanoGPT) clip
     self.opt.step()
     return loss
 
