@@ -9,8 +9,9 @@ ModelConfig and fed the same random batch (tfm.bench.step.random_batch):
     plain PyTorch a user would write (fused QKV, `scaled_dot_product_attention`, tied head).
 Training step: cross-entropy on the same targets, gradients clipped to global norm 1 and AdamW
 (weight decay 0.1), as tfm's train step (tfm.bench.step runs tfm.train.step.train_step with
-train.py's default optimizer); float32 or the config's dtype through autocast-free casts. tfm and PyTorch alternate `rounds` times per model; the
-tfm / PyTorch ratio uses the faster PyTorch model. Needs the `dev` extra (torch, transformers).
+train.py's default optimizer); float32 or the config's dtype through autocast-free casts. tfm and
+PyTorch alternate `rounds` times per model; the tfm / PyTorch ratio uses the faster PyTorch model.
+Needs the `dev` extra (torch, transformers).
 """
 
 from __future__ import annotations
