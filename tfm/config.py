@@ -137,6 +137,11 @@ class ModelConfig:
     """Returns the std of the token embedding (and of an untied LM head)."""
     return self.init_std if self.init == "normal" else 1.0
 
+  @property
+  def relative_bias_std(self) -> float:
+    """Returns the std of T5's relative-position bias table."""
+    return self.init_std if self.init == "normal" else self.d_model ** -0.5
+
   def replace(self, **overrides: Any) -> "ModelConfig":
     """Returns a validated copy with fields replaced; unknown fields raise ValueError."""
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})

@@ -84,7 +84,7 @@ class RelativePositionBias(nn.Module):
     """Returns the bias [batch, heads, q_len, kv_len] in float32."""
     c = self.config
     table = self.param("rel_embedding",
-                       nn.with_logical_partitioning(nn.initializers.normal(c.init_std if c.init == "normal" else c.d_model ** -0.5), ("rel_buckets", "heads")),
+                       nn.with_logical_partitioning(nn.initializers.normal(c.relative_bias_std), ("rel_buckets", "heads")),
                        (c.relative_buckets, c.num_heads), to_dtype(c.param_dtype))
     rel = kv_positions[:, None, :] - q_positions[:, :, None]  # [batch, q_len, kv_len]
     buckets = relative_bucket(rel, self.bidirectional, c.relative_buckets, c.relative_max_distance)
