@@ -160,8 +160,9 @@ def test_cached_decoding_matches_full_forward(name):
     enc = m.apply({"params": p}, src, src_mask, method=m.encode)
     full = m.apply({"params": p}, enc, ids, src_mask, method=m.decode)
     cache = tfm.init_cache(m, 2, T, encoder_len=7)
-    step = lambda chunk, cache: m.apply({"params": p, "cache": cache}, enc, chunk, src_mask, decode=True,
-                                        mutable=["cache"], method=m.decode)
+    # The prompt chunk stores the cross-attention keys / values; later steps read them (encoded=None).
+    step = lambda chunk, cache: m.apply({"params": p, "cache": cache}, enc if chunk.shape[1] > 1 else None,
+                                        chunk, src_mask, decode=True, mutable=["cache"], method=m.decode)
   else:
     full = m.apply({"params": p}, ids)
     cache = tfm.init_cache(m, 2, T)
@@ -173,6 +174,15 @@ def test_cached_decoding_matches_full_forward(name):
     out, mut = step(ids[:, t:t + 1], mut["cache"])
     outs.append(out)
   np.testing.assert_allclose(np.asarray(jnp.concatenate(outs, 1)), np.asarray(full), atol=2e-5)
+
+
+def test_cross_attention_cache_needs_a_first_step_with_the_encoder_output():
+  """Decoding with encoded=None before any call stored the cross keys / values is a clear error."""
+  m, p = init("t5-tiny")
+  cache = tfm.init_cache(m, 1, 4, encoder_len=3)
+  del cache["decoder"]["layers"]["layer_0"]["cross_attention"]
+  with pytest.raises(ValueError, match="call decode with `encoded` first"):
+    m.apply({"params": p, "cache": cache}, None, _ids((1, 1)), decode=True, mutable=["cache"], method=m.decode)
 
 
 def test_rope_scores_depend_only_on_relative_offset():

@@ -195,7 +195,12 @@ class EncoderDecoderModel(nn.Module):
   def decode(self, encoded, decoder_input_ids, encoder_mask=None, decoder_attention_mask=None, *,
              decoder_position_ids=None, decoder_segment_ids=None, encoder_segment_ids=None,
              deterministic=True, decode=False):
-    """Returns decoder logits [batch, tgt_len, vocab] (hidden states without an LM head)."""
+    """Returns decoder logits [batch, tgt_len, vocab] (hidden states without an LM head).
+
+    With `decode=True` a call that is given `encoded` also stores the cross-attention keys and
+    values in the cache; later steps may pass `encoded=None` to read them from there instead of
+    projecting the encoder output again at every token.
+    """
     c = self.config
     h = self.decoder(decoder_input_ids, attention_mask=decoder_attention_mask, position_ids=decoder_position_ids,
                      segment_ids=decoder_segment_ids, encoded=encoded, encoder_mask=encoder_mask,

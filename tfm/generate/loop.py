@@ -183,25 +183,34 @@ def _encoder_decoder(model, params, input_ids, mask, num_beams, max_new_tokens):
   batch = encoded.shape[0]
   cache = init_cache(model, batch, max_new_tokens, encoder_len=encoded.shape[1])
 
-  def forward(cache, tokens, t):
-    del t  # decoder positions follow the cache index
-    logits, out = model.apply({"params": params, "cache": cache}, encoded, tokens[:, None], mask, decode=True,
+  def run(cache, tokens, enc):
+    logits, out = model.apply({"params": params, "cache": cache}, enc, tokens[:, None], mask, decode=True,
                               mutable=["cache"], method=model.decode)
     return logits[:, -1].astype(jnp.float32), out["cache"]
 
+  def forward(cache, tokens, t):
+    del t  # decoder positions follow the cache index
+    return run(cache, tokens, None)  # cross-attention keys and values come from the cache
+
   start = jnp.full((batch,), model.config.decoder_start_token_id, jnp.int32)
-  logits, cache = forward(cache, start, 0)
+  logits, cache = run(cache, start, encoded)  # projects the encoder output into the cache once
   return logits, cache, forward, max_new_tokens
 
 
 def _cache_batch_axes(model, max_len, encoder_len):
-  """Returns a pytree like the cache holding each leaf's batch axis (None: no batch axis)."""
+  """Returns a pytree like the cache holding each leaf's batch axis (None: not reordered by beam search).
+
+  Cross-attention keys and values are left alone: beams of one prompt share its encoder output,
+  so a parent beam's rows equal its children's.
+  """
   a = jax.eval_shape(lambda: init_cache(model, 1, max_len, encoder_len))
   b = jax.eval_shape(lambda: init_cache(model, 2, max_len, encoder_len))
-  def axis(x, y):
+  def axis(path, x, y):
+    if any(getattr(k, "key", None) in ("cross_key", "cross_value") for k in path):
+      return None
     diff = [i for i, (p, q) in enumerate(zip(x.shape, y.shape)) if p != q]
     return diff[0] if diff else None
-  return jax.tree_util.tree_map(axis, a, b)
+  return jax.tree_util.tree_map_with_path(axis, a, b)
 
 
 def _reorder(cache, axes, rows):

@@ -26,6 +26,37 @@ class Attention(nn.Module):
   decode: bool = False
   deterministic: bool = True
 
+  def _kv(self, x_kv, kw, qkv_bias):
+    """Returns the key and value projections of x_kv, each [batch, kv_len, kv_heads, head_dim]."""
+    c = self.config
+    kvh, d = c.kv_heads, c.dim_per_head
+    k = Dense((kvh, d), ("embed", "kv_heads", "kv"), use_bias=qkv_bias, name="key", **kw)(x_kv)
+    v = Dense((kvh, d), ("embed", "kv_heads", "kv"), use_bias=qkv_bias, name="value", **kw)(x_kv)
+    k = nn.with_logical_constraint(k, ("batch", "kv_length", "kv_heads", "kv"))
+    v = nn.with_logical_constraint(v, ("batch", "kv_length", "kv_heads", "kv"))
+    return k, v
+
+  def _cross_kv(self, encoded, kw, qkv_bias):
+    """Returns the cross-attention keys and values when decoding, projected once per generation.
+
+    Called with the encoder output, it projects it and stores the result in the "cache"
+    collection (heads-major, like the self-attention cache); called with `encoded=None` (every
+    later decoding step), it reads them back instead of projecting the encoder output again.
+    """
+    c = self.config
+    have = self.has_variable("cache", "cross_key")
+    if encoded is None:
+      if not have:
+        raise ValueError("cross-attention decoding without the encoder output needs a cache that holds its "
+                         "keys and values: call decode with `encoded` first (tfm.init_cache, then a first step)")
+      ck, cv = self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
+      return core.cache_view(ck), core.cache_view(cv)  # [batch, src_len, kv_heads, head_dim]
+    k, v = self._kv(encoded, kw, qkv_bias)
+    ck = self.variable("cache", "cross_key", jnp.zeros, core.cache_shape(k.shape[0], k.shape[1], *k.shape[2:]), k.dtype)
+    cv = self.variable("cache", "cross_value", jnp.zeros, core.cache_shape(v.shape[0], v.shape[1], *v.shape[2:]), v.dtype)
+    ck.value, cv.value = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    return k, v
+
   @nn.compact
   def __call__(self, x_q, x_kv, *, mask=None, bias=None, positions=None, cache_index=None):
     """Returns the attention output [batch, q_len, embed]."""
@@ -35,11 +66,11 @@ class Attention(nn.Module):
     kw = dict(init_std=c.kernel_std, dtype=c.dtype, param_dtype=c.param_dtype)
     q_scale = 1.0 if c.scale_attention else d ** -0.5  # fan-in init folds the missing 1/sqrt(d) into the query
     q = Dense((h, d), ("embed", "heads", "kv"), use_bias=qkv_bias, fan_in_scale=q_scale, name="query", **kw)(x_q)   # [batch, q_len, heads, head_dim]
-    k = Dense((kvh, d), ("embed", "kv_heads", "kv"), use_bias=qkv_bias, name="key", **kw)(x_kv)  # [batch, kv_len, kv_heads, head_dim]
-    v = Dense((kvh, d), ("embed", "kv_heads", "kv"), use_bias=qkv_bias, name="value", **kw)(x_kv)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-    k = nn.with_logical_constraint(k, ("batch", "kv_length", "kv_heads", "kv"))
-    v = nn.with_logical_constraint(v, ("batch", "kv_length", "kv_heads", "kv"))
+    if self.decode and self.is_cross:
+      k, v = self._cross_kv(x_kv, kw, qkv_bias)
+    else:
+      k, v = self._kv(x_kv, kw, qkv_bias)
     if c.position == "rope" and not self.is_cross:
       q = apply_rope(q, positions, c.rope_theta)
       k = apply_rope(k, positions, c.rope_theta)

@@ -41,7 +41,8 @@ class Block(nn.Module):
     x = self._sublayer(x, lambda h: attn(h, h, mask=self_mask, bias=self_bias, positions=positions,
                                          cache_index=cache_index), "attention_norm")
     if self.has_cross:
-      cross = Attention(c, is_cross=True, deterministic=self.deterministic, name="cross_attention")
+      cross = Attention(c, is_cross=True, decode=self.decode, deterministic=self.deterministic,
+                        name="cross_attention")
       x = self._sublayer(x, lambda h: cross(h, encoded, mask=cross_mask), "cross_attention_norm")
     x = self._sublayer(x, Mlp(c, name="mlp"), "mlp_norm")
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
