@@ -177,7 +177,10 @@ def test_cached_decoding_matches_full_forward(name):
 
 
 def test_cross_attention_cache_needs_a_first_step_with_the_encoder_output():
-  """Decoding with encoded=None before any call stored the cross keys / values is a clear error."""
+  """Decoding with encoded=None and a cache that has no cross keys / values is a clear error.
+
+  (A cache from `init_cache` does hold them, as zeros, so it is not caught: see EncoderDecoderModel.decode.)
+  """
   m, p = init("t5-tiny")
   cache = tfm.init_cache(m, 1, 4, encoder_len=3)
   del cache["decoder"]["layers"]["layer_0"]["cross_attention"]

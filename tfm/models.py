@@ -199,7 +199,8 @@ class EncoderDecoderModel(nn.Module):
 
     With `decode=True` a call that is given `encoded` also stores the cross-attention keys and
     values in the cache; later steps may pass `encoded=None` to read them from there instead of
-    projecting the encoder output again at every token.
+    projecting the encoder output again at every token. The first call after `init_cache` must
+    pass `encoded`: a fresh cache holds zeros there, and nothing checks that it was filled.
     """
     c = self.config
     h = self.decoder(decoder_input_ids, attention_mask=decoder_attention_mask, position_ids=decoder_position_ids,
