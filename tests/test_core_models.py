@@ -353,3 +353,33 @@ def test_family_argument_errors():
     m.apply({"params": p}, _ids((1, 4)))
   with pytest.raises(TypeError, match="ModelConfig"):
     tfm.build("gpt2-small")
+
+
+@pytest.mark.parametrize("contract", [1, 2])
+def test_dense_matches_tensordot_in_value_gradient_and_jvp(contract):
+  """Dense's 2-D matmul and matmul-based bias gradient equal jnp.tensordot + bias, forward and reverse."""
+  from tfm.layers.dense import Dense
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 5) + (4, 6)[:contract] + ((7,) if contract == 1 else ()))
+  if contract == 1:   # x [batch, length, width, in]
+    layer, feats = Dense((2, 3), ("embed", "heads", "kv")), (2, 3)
+  else:               # x [batch, length, heads, head_dim]
+    layer, feats = Dense((8,), ("heads", "kv", "embed"), contract=2), (8,)
+  params = nn.meta.unbox(layer.init(RNG, x)["params"])
+  params = {"kernel": params["kernel"], "bias": jax.random.normal(jax.random.PRNGKey(2), feats)}
+  n = x.ndim - contract
+
+  def ref(p, x):
+    return jnp.tensordot(x, p["kernel"], axes=(tuple(range(n, x.ndim)), tuple(range(contract)))) + p["bias"]
+
+  def ours(p, x):
+    return layer.apply({"params": p}, x)
+
+  np.testing.assert_allclose(ours(params, x), ref(params, x), rtol=1e-5, atol=1e-5)
+  w = jax.random.normal(jax.random.PRNGKey(3), ref(params, x).shape)
+  loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)) * w)
+  g_ours, g_ref = jax.grad(loss(ours), argnums=(0, 1))(params, x), jax.grad(loss(ref), argnums=(0, 1))(params, x)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_ours, g_ref)
+  tangent = jax.tree_util.tree_map(lambda a: jnp.ones_like(a) * 0.3, (params, x))
+  _, t_ours = jax.jvp(ours, (params, x), tangent)
+  _, t_ref = jax.jvp(ref, (params, x), tangent)
+  np.testing.assert_allclose(t_ours, t_ref, rtol=1e-4, atol=1e-5)
