@@ -145,7 +145,7 @@ def test_gqa_with_kv_heads_equal_heads_is_mha():
                              atol=1e-6)
 
 
-@pytest.mark.parametrize("name", DECODERS + ["gpt2-tiny:alibi", "gpt2-tiny:window", "gpt2-tiny:scan"] + ENC_DECS)
+@pytest.mark.parametrize("name", DECODERS + ["gpt2-tiny:alibi", "gpt2-tiny:window", "gpt2-tiny:scan"] + ENC_DECS + ["t5-tiny:scan"])
 def test_cached_decoding_matches_full_forward(name):
   """Prefill of a prompt chunk then one token at a time reproduces the full forward logits."""
   base, _, variant = name.partition(":")
@@ -159,7 +159,7 @@ def test_cached_decoding_matches_full_forward(name):
     src_mask = jnp.ones((2, 7), jnp.int32).at[1, 5:].set(0)
     enc = m.apply({"params": p}, src, src_mask, method=m.encode)
     full = m.apply({"params": p}, enc, ids, src_mask, method=m.decode)
-    cache = tfm.init_cache(m, 2, T, encoder_len=7)
+    cache = tfm.init_cache(m, 2, T)
     # The prompt chunk stores the cross-attention keys / values; later steps read them (encoded=None).
     step = lambda chunk, cache: m.apply({"params": p, "cache": cache}, enc if chunk.shape[1] > 1 else None,
                                         chunk, src_mask, decode=True, mutable=["cache"], method=m.decode)
@@ -177,15 +177,21 @@ def test_cached_decoding_matches_full_forward(name):
 
 
 def test_cross_attention_cache_needs_a_first_step_with_the_encoder_output():
-  """Decoding with encoded=None and a cache that has no cross keys / values is a clear error.
-
-  (A cache from `init_cache` does hold them, as zeros, so it is not caught: see EncoderDecoderModel.decode.)
-  """
+  """Decoding with encoded=None from a fresh init_cache (no cross keys / values yet) is a clear error."""
   m, p = init("t5-tiny")
-  cache = tfm.init_cache(m, 1, 4, encoder_len=3)
-  del cache["decoder"]["layers"]["layer_0"]["cross_attention"]
+  cache = tfm.init_cache(m, 1, 4)
+  assert not any(k in ("cross_key", "cross_value") for k in _keys(cache))
   with pytest.raises(ValueError, match="call decode with `encoded` first"):
     m.apply({"params": p, "cache": cache}, None, _ids((1, 1)), decode=True, mutable=["cache"], method=m.decode)
+  enc = m.apply({"params": p}, _ids((1, 3)), method=m.encode)
+  _, mut = m.apply({"params": p, "cache": cache}, enc, _ids((1, 1)), decode=True, mutable=["cache"], method=m.decode)
+  assert "cross_key" in _keys(mut["cache"])   # the first step with the encoder output stores them
+  m.apply({"params": p, "cache": mut["cache"]}, None, _ids((1, 1)), decode=True, mutable=["cache"], method=m.decode)
+
+
+def _keys(tree):
+  """Returns every key of a nested dict."""
+  return [k for key, v in tree.items() for k in [key] + (_keys(v) if isinstance(v, dict) else [])]
 
 
 def test_rope_scores_depend_only_on_relative_offset():

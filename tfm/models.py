@@ -15,7 +15,7 @@ with the KV cache in the "cache" collection; see `init_cache`).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -200,7 +200,7 @@ class EncoderDecoderModel(nn.Module):
     With `decode=True` a call that is given `encoded` also stores the cross-attention keys and
     values in the cache; later steps may pass `encoded=None` to read them from there instead of
     projecting the encoder output again at every token. The first call after `init_cache` must
-    pass `encoded`: a fresh cache holds zeros there, and nothing checks that it was filled.
+    pass `encoded` (the fresh cache has no cross-attention entries; without them it is an error).
     """
     c = self.config
     h = self.decoder(decoder_input_ids, attention_mask=decoder_attention_mask, position_ids=decoder_position_ids,
@@ -249,16 +249,35 @@ def count_params(params) -> int:
   return int(sum(x.size for x in leaves))
 
 
-def init_cache(model: nn.Module, batch_size: int, max_len: int, encoder_len: Optional[int] = None):
-  """Returns a zero KV cache ("cache" collection) for decoding up to `max_len` tokens."""
+CROSS_CACHE_KEYS = ("cross_key", "cross_value")  # cache entries of the encoder output's projected keys / values
+
+
+def cache_shapes(model: nn.Module, batch_size: int, max_len: int, encoder_len: int = 1):
+  """Returns the shapes (ShapeDtypeStruct tree) of the full decoding cache, cross-attention entries included."""
   c = model.config
   rng = jax.random.PRNGKey(0)
   ids = jnp.zeros((batch_size, max_len), jnp.int32)
   if c.family == "encoder":
     raise ValueError("encoder-only models have no decoder and no KV cache")
   if c.family == "decoder":
-    shapes = jax.eval_shape(lambda: model.init(rng, ids, decode=True))
-  else:
-    enc = jnp.zeros((batch_size, encoder_len or 1, c.d_model), jnp.float32)
-    shapes = jax.eval_shape(lambda: model.init(rng, enc, ids, decode=True, method=model.decode))
-  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+    return jax.eval_shape(lambda: model.init(rng, ids, decode=True))["cache"]
+  enc = jnp.zeros((batch_size, encoder_len, c.d_model), jnp.float32)
+  return jax.eval_shape(lambda: model.init(rng, enc, ids, decode=True, method=model.decode))["cache"]
+
+
+def _drop_cross_entries(tree):
+  """Returns the nested dict `tree` without its CROSS_CACHE_KEYS entries."""
+  if not isinstance(tree, Mapping):
+    return tree
+  return {k: _drop_cross_entries(v) for k, v in tree.items() if k not in CROSS_CACHE_KEYS}
+
+
+def init_cache(model: nn.Module, batch_size: int, max_len: int):
+  """Returns a zero KV cache ("cache" collection) for decoding up to `max_len` tokens.
+
+  An encoder-decoder's cache holds no cross-attention keys / values yet: the first `decode` call
+  that is given the encoder output creates them, and a call with `encoded=None` before that is an
+  error (rather than attention over zeros).
+  """
+  shapes = _drop_cross_entries(cache_shapes(model, batch_size, max_len))
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

@@ -19,7 +19,7 @@ import numpy as np
 
 from tfm.generate import beam as beam_search
 from tfm.generate import sampling
-from tfm.models import init_cache
+from tfm.models import CROSS_CACHE_KEYS, cache_shapes, init_cache
 
 STRATEGIES = ("greedy", "sample", "beam")
 _COMPILED: dict = {}  # (model, settings) -> jitted generation function
@@ -181,7 +181,7 @@ def _encoder_decoder(model, params, input_ids, mask, num_beams, max_new_tokens):
   encoded = model.apply({"params": params}, input_ids, mask, method=model.encode)  # [b, S, embed]
   encoded, mask = (jnp.repeat(x, num_beams, axis=0) for x in (encoded, mask))
   batch = encoded.shape[0]
-  cache = init_cache(model, batch, max_new_tokens, encoder_len=encoded.shape[1])
+  cache = init_cache(model, batch, max_new_tokens)  # the first step adds the cross-attention keys / values
 
   def run(cache, tokens, enc):
     logits, out = model.apply({"params": params, "cache": cache}, enc, tokens[:, None], mask, decode=True,
@@ -203,10 +203,10 @@ def _cache_batch_axes(model, max_len, encoder_len):
   Cross-attention keys and values are left alone: beams of one prompt share its encoder output,
   so a parent beam's rows equal its children's.
   """
-  a = jax.eval_shape(lambda: init_cache(model, 1, max_len, encoder_len))
-  b = jax.eval_shape(lambda: init_cache(model, 2, max_len, encoder_len))
+  a = cache_shapes(model, 1, max_len, encoder_len)  # the full cache, as it is after the first step
+  b = cache_shapes(model, 2, max_len, encoder_len)
   def axis(path, x, y):
-    if any(getattr(k, "key", None) in ("cross_key", "cross_value") for k in path):
+    if any(getattr(k, "key", None) in CROSS_CACHE_KEYS for k in path):
       return None
     diff = [i for i, (p, q) in enumerate(zip(x.shape, y.shape)) if p != q]
     return diff[0] if diff else None
