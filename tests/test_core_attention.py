@@ -159,3 +159,37 @@ def test_update_kv_cache_writes_at_index():
   np.testing.assert_array_equal(view[:, 3:5], np.asarray(k))
   assert view[:, :3].max() == 0 and view[:, 5:].max() == 0
   np.testing.assert_array_equal(np.asarray(core.cache_view(nv))[:, 3:5], 2 * np.asarray(k))
+
+
+@pytest.mark.parametrize("length,heads,with_bias,pad_rows", [(256, (4, 2), True, False), (512, (2, 2), False, True),
+                                                             (96, (2, 1), True, True)])
+def test_causal_blocks_match_numpy_and_jax_nn_is_causal(length, heads, with_bias, pad_rows):
+  """causal=True (queries split into blocks over a key prefix) equals float64 NumPy and jax.nn's is_causal."""
+  h, kvh = heads
+  assert core.causal_blocks(length) == {256: 2, 512: 4, 96: 1}[length]
+  r = np.random.default_rng(length)
+  q = jnp.asarray(r.standard_normal((2, length, h, 16)), jnp.float32)
+  k, v = (jnp.asarray(r.standard_normal((2, length, kvh, 16)), jnp.float32) for _ in range(2))
+  bias = jnp.asarray(r.standard_normal((1, h, length, length)), jnp.float32) if with_bias else None
+  valid = np.ones((2, length), bool)
+  valid[1, length // 3:] = False  # padding keys: a [batch, 1, 1, kv_len] mask that broadcasts over queries
+  mask = core.padding_mask(None, jnp.asarray(valid)) if pad_rows else None
+  tri = np.tril(np.ones((length, length), bool))[None, None]
+  want = numpy_attention(q, k, v, mask=tri if mask is None else np.logical_and(tri, np.asarray(mask)), bias=bias)
+  for impl in ("xla", "reference"):
+    got = core.dot_product_attention(q, k, v, bias=bias, mask=mask, causal=True, implementation=impl)
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5)
+  ref = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=True)
+  got = core.dot_product_attention(q, k, v, bias=bias, mask=mask, causal=True)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-5, rtol=1e-5)
+  # gradients equal those of the unsplit kernel given the causal mask explicitly
+  f = lambda causal: lambda q, k, v: jnp.sum(jnp.sin(core.dot_product_attention(
+      q, k, v, bias=bias, mask=core.combine_masks(mask, None if causal else jnp.asarray(tri)), causal=causal)))
+  for a, b in zip(jax.grad(f(True), argnums=(0, 1, 2))(q, k, v), jax.grad(f(False), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
+
+
+def test_causal_needs_equal_lengths():
+  q = jnp.zeros((1, 4, 2, 8))
+  with pytest.raises(ValueError, match="q_len == kv_len"):
+    core.dot_product_attention(q, jnp.zeros((1, 6, 2, 8)), jnp.zeros((1, 6, 2, 8)), causal=True)

@@ -134,6 +134,26 @@ def _reference_attention(q, k, v, bias, mask, scale, dropout_rate, dropout_rng, 
   return out.reshape(b, t, h, d)
 
 
+CAUSAL_MIN_BLOCK = 128  # queries per block below which causal attention is not split (128 and 64 measured alike)
+
+
+def causal_blocks(length: int) -> int:
+  """Returns how many query blocks causal attention over `length` tokens is split into (1: none)."""
+  for n in (4, 2):
+    if length % n == 0 and length // n >= CAUSAL_MIN_BLOCK:
+      return n
+  return 1
+
+
+def _block(x: Optional[jax.Array], lo: int, hi: int, q_len: int) -> Optional[jax.Array]:
+  """Returns a mask / bias cut to query rows lo:hi and keys :hi (axes of size 1 broadcast and stay)."""
+  if x is None:
+    return None
+  if x.ndim >= 2 and x.shape[-2] == q_len:
+    x = x[..., lo:hi, :]
+  return x[..., :hi] if x.shape[-1] == q_len else x
+
+
 def _check_shapes(q, k, v):
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
     raise ValueError(
@@ -154,6 +174,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           dropout_rate: float = 0.0,
                           dropout_rng: Optional[jax.Array] = None,
                           deterministic: bool = True,
+                          causal: bool = False,
                           implementation: str = "xla") -> jax.Array:
   """Returns softmax(q kᵀ · scale + bias, masked) v as [batch, q_len, heads, head_dim].
 
@@ -161,6 +182,11 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   kernel needs a GPU and fp16/bf16 inputs); "reference" is a plain einsum. Attention dropout is
   not supported by `jax.nn.dot_product_attention`, so a step with active dropout takes the
   einsum path whatever the switch says. The softmax is computed in float32 in every path.
+
+  `causal=True` (q_len == kv_len) also masks every key after its query by index. The kernel then
+  splits the queries into blocks (`causal_blocks`) and gives each block only the keys up to its
+  last query, skipping the score blocks above the diagonal: exact, and 3/8 fewer attention FLOPs
+  with 4 blocks.
   """
   _check_shapes(q, k, v)
   if implementation not in IMPLEMENTATIONS:
@@ -170,6 +196,21 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   dropout_active = (not deterministic) and dropout_rate > 0.0
   if dropout_active and dropout_rng is None:
     raise ValueError("attention dropout is active (deterministic=False, dropout_rate > 0) but no dropout_rng was given")
+  if causal:
+    q_len, kv_len = q.shape[1], k.shape[1]
+    if q_len != kv_len:
+      raise ValueError(f"causal attention needs q_len == kv_len (no cache); got q{q.shape}, k{k.shape}")
+    blocks = 1 if implementation == "cudnn" else causal_blocks(q_len)  # cudnn: untested here, kept whole
+    outs = []
+    for i in range(blocks):  # queries lo:hi attend to keys :hi, the diagonal block causally
+      lo, hi = i * q_len // blocks, (i + 1) * q_len // blocks
+      diag = (jnp.arange(hi)[None, :] <= jnp.arange(lo, hi)[:, None])[None, None]  # [1, 1, hi - lo, hi]
+      rng = dropout_rng if dropout_rng is None or blocks == 1 else jax.random.fold_in(dropout_rng, i)
+      outs.append(dot_product_attention(
+          q[:, lo:hi], k[:, :hi], v[:, :hi], bias=_block(bias, lo, hi, q_len),
+          mask=combine_masks(_block(mask, lo, hi, q_len), diag), scale=scale, dropout_rate=dropout_rate,
+          dropout_rng=rng, deterministic=deterministic, implementation=implementation))
+    return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
   if implementation == "reference" or dropout_active:
     return _reference_attention(q, k, v, bias, mask, scale, dropout_rate, dropout_rng, deterministic)
   if bias is not None:

@@ -6,7 +6,8 @@ so MFU figures of tfm and of the PyTorch baselines are comparable):
 * one multiply-add = 2 FLOPs; only matrix multiplications are counted;
 * forward FLOPs = 2 x (weights of every matmul that multiplies an activation) per token that goes
   through it, plus the two attention matmuls (q kᵀ and probs v): 2 x 2 x heads x head_dim x kv_len
-  per query token and layer, counted for the full q_len x kv_len score matrix (no causal discount);
+  per query token and layer, counted for the full q_len x kv_len score matrix (no causal discount,
+  although tfm's causal kernel skips the blocks above the diagonal: MFU counts model FLOPs);
 * training FLOPs = 3 x forward (the backward pass costs twice the forward);
 * not counted: embedding lookups (token, position, token type), norms, biases, activations, softmax,
   the loss, the relative-position / ALiBi bias, and the optimizer update.

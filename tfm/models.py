@@ -88,7 +88,7 @@ class Tower(nn.Module):
     cross_mask = None
     if self.has_cross:
       cross_mask = core.cross_attention_mask(length, encoder_mask, segment_ids, encoder_segment_ids)
-    return Stack(c, self.num_layers, has_cross=self.has_cross, name="layers")(
+    return Stack(c, self.num_layers, has_cross=self.has_cross, causal=self.causal, name="layers")(
         x, encoded=encoded, self_mask=mask, self_bias=bias, cross_mask=cross_mask, positions=position_ids,
         cache_index=cache_index if cached else None, decode=decode, deterministic=deterministic)
 

@@ -23,6 +23,7 @@ class Block(nn.Module):
 
   config: ModelConfig
   has_cross: bool = False
+  causal: bool = False
   decode: bool = False
   deterministic: bool = True
 
@@ -37,7 +38,7 @@ class Block(nn.Module):
   def __call__(self, x, encoded, self_mask, self_bias, cross_mask, positions, cache_index):
     """Returns (x [batch, length, embed], None): the layer output, in the form nn.scan expects."""
     c = self.config
-    attn = Attention(c, decode=self.decode, deterministic=self.deterministic, name="self_attention")
+    attn = Attention(c, causal=self.causal, decode=self.decode, deterministic=self.deterministic, name="self_attention")
     x = self._sublayer(x, lambda h: attn(h, h, mask=self_mask, bias=self_bias, positions=positions,
                                          cache_index=cache_index), "attention_norm")
     if self.has_cross:
@@ -54,6 +55,7 @@ class Stack(nn.Module):
   config: ModelConfig
   num_layers: int
   has_cross: bool = False
+  causal: bool = False  # the self-attention mask is causal (tfm.attention.dot_product_attention's `causal`)
 
   @nn.compact
   def __call__(self, x, *, encoded=None, self_mask=None, self_bias=None, cross_mask=None,
@@ -63,7 +65,7 @@ class Stack(nn.Module):
     block = Block
     if c.remat != "none":
       block = nn.remat(Block, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-    kw = dict(has_cross=self.has_cross, decode=decode, deterministic=deterministic)
+    kw = dict(has_cross=self.has_cross, causal=self.causal, decode=decode, deterministic=deterministic)
     args = (encoded, self_mask, self_bias, cross_mask, positions, cache_index)
     if c.scan_layers:
       scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
