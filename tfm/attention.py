@@ -186,7 +186,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   `causal=True` (q_len == kv_len) also masks every key after its query by index. The kernel then
   splits the queries into blocks (`causal_blocks`) and gives each block only the keys up to its
   last query, skipping the score blocks above the diagonal: exact, and 3/8 fewer attention FLOPs
-  with 4 blocks.
+  with 4 blocks. (A query row that the mask hides from every key, such as a padding query, then
+  averages the values of its block's key prefix rather than of all keys: still finite, still unused.)
   """
   _check_shapes(q, k, v)
   if implementation not in IMPLEMENTATIONS:

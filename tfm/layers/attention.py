@@ -92,6 +92,7 @@ class Attention(nn.Module):
     out = core.dot_product_attention(
         q, k, v, bias=bias, mask=mask, scale=d ** -0.5 if c.scale_attention else 1.0,
         dropout_rate=c.attention_dropout_rate, dropout_rng=dropout_rng, deterministic=self.deterministic,
-        causal=self.causal and not self.decode and not self.is_cross, implementation=c.attention_impl)  # [batch, q_len, heads, head_dim]
+        causal=self.causal and not self.decode and not self.is_cross,
+        implementation=c.attention_impl)  # [batch, q_len, heads, head_dim]
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return Dense((x_q.shape[-1],), ("heads", "kv", "embed"), contract=2, use_bias=c.use_bias, name="out", **kw)(out)
