@@ -9,6 +9,7 @@ import pytest
 import tfm
 from tfm import axes
 from tfm.layers import positions as P
+from tfm.layers import dense as dense_lib
 from tfm.layers.dense import Dense
 from tfm.models import CROSS_CACHE_KEYS
 
@@ -367,14 +368,56 @@ def test_family_argument_errors():
     tfm.build("gpt2-small")
 
 
-@pytest.mark.parametrize("contract", [1, 2])
-def test_dense_matches_tensordot_in_value_gradient_and_jvp(contract):
-  """Dense's 2-D matmul and matmul-based bias gradient equal jnp.tensordot + bias, forward and reverse."""
+def _dot_output_shapes(fn, *args):
+  """Returns the output shapes of the dots in fn's optimized HLO on this backend, as tuples."""
+  import re  # noqa: PLC0415
+  txt = jax.jit(fn).lower(*args).compile().as_text()
+  return [tuple(int(d) for d in m.group(1).split(",")) for m in re.finditer(r"= f32\[([\d,]+)\]\{[\d,]*\} dot\(", txt)]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the orientation choice applies on CPU only")
+def test_cpu_dot_orientations_survive_xla():
+  """On CPU the kernel gradient of a fan_in > fan_out matmul is computed [fan_out, fan_in], and a tied
+  head with few rows as [vocab, rows]; both fail if XLA folds the transposes back into the dots."""
+  x, w, dy = jnp.ones((64, 48)), jnp.ones((48, 16)), jnp.ones((64, 16))
+  kernel_grad = lambda x, w, dy: jax.vjp(lambda w: dense_lib.matmul(x, w), w)[1](dy)[0]
+  assert dense_lib.transposed_kernel_grad(48, 16) and not dense_lib.transposed_kernel_grad(16, 48)
+  assert _dot_output_shapes(kernel_grad, x, w, dy) == [(16, 48)]
+  assert _dot_output_shapes(kernel_grad, dy, w.T, x) == [(16, 48)]   # fan_in 16 < fan_out 48: plain xᵀ·dy
+  h, table = jnp.ones((8, 32)), jnp.ones((100, 32))
+  assert dense_lib.transposed_nt_product(8, 100) and not dense_lib.transposed_nt_product(600, 100)
+  assert _dot_output_shapes(dense_lib.matmul_t, h, table) == [(100, 8)]
+  assert _dot_output_shapes(dense_lib.matmul_t, table, h) == [(100, 8)]  # 100 rows > 8 cols: plain
+
+
+@pytest.mark.parametrize("rows", [3, 30])
+def test_tied_head_product_matches_einsum_in_value_gradient_and_jvp(rows):
+  """matmul_t (x · tableᵀ, either orientation) equals the einsum, forward, reverse and forward-mode."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (rows, 6))
+  table = jax.random.normal(jax.random.PRNGKey(2), (11, 6))
+  ref = lambda x, t: jnp.einsum("rd,vd->rv", x, t)
+  np.testing.assert_allclose(dense_lib.matmul_t(x, table), ref(x, table), rtol=1e-5, atol=1e-5)
+  w = jax.random.normal(jax.random.PRNGKey(3), (rows, 11))
+  loss = lambda f: lambda x, t: jnp.sum(jnp.sin(f(x, t)) * w)
+  for a, b in zip(jax.grad(loss(dense_lib.matmul_t), argnums=(0, 1))(x, table), jax.grad(loss(ref), argnums=(0, 1))(x, table)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  for argnums in (0, 1):  # one operand frozen (a symbolic-zero tangent), as when only one is trained
+    np.testing.assert_allclose(jax.grad(loss(dense_lib.matmul_t), argnums)(x, table),
+                               jax.grad(loss(ref), argnums)(x, table), rtol=1e-4, atol=1e-5)
+  tangents = (jnp.full_like(x, 0.3), jnp.full_like(table, -0.2))
+  np.testing.assert_allclose(jax.jvp(dense_lib.matmul_t, (x, table), tangents)[1],
+                             jax.jvp(ref, (x, table), tangents)[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("contract,features", [(1, (2, 3)), (1, (3, 5)), (2, (8,)), (2, (40,))])
+def test_dense_matches_tensordot_in_value_gradient_and_jvp(contract, features):
+  """Dense's 2-D matmul, its kernel gradient (either orientation) and its matmul-based bias gradient
+  equal jnp.tensordot + bias, forward and reverse (fan_in 7 or 24 against fan_out 6, 15, 8 or 40)."""
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 5) + (4, 6)[:contract] + ((7,) if contract == 1 else ()))
   if contract == 1:   # x [batch, length, width, in]
-    layer, feats = Dense((2, 3), ("embed", "heads", "kv")), (2, 3)
+    layer, feats = Dense(features, ("embed", "heads", "kv")), features
   else:               # x [batch, length, heads, head_dim]
-    layer, feats = Dense((8,), ("heads", "kv", "embed"), contract=2), (8,)
+    layer, feats = Dense(features, ("heads", "kv", "embed"), contract=2), features
   params = nn.meta.unbox(layer.init(RNG, x)["params"])
   params = {"kernel": params["kernel"], "bias": jax.random.normal(jax.random.PRNGKey(2), feats)}
   n = x.ndim - contract

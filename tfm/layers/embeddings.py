@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from tfm.config import ModelConfig
+from tfm.layers.dense import matmul_t
 from tfm.layers.dtypes import to_dtype
 from tfm.layers.norms import Norm
 from tfm.layers.positions import sinusoidal
@@ -37,7 +38,9 @@ class Embed(nn.Module):
   def attend(self, x: jax.Array) -> jax.Array:
     """Returns x · tableᵀ: [..., num_embeddings] (the tied LM head)."""
     dtype = to_dtype(self.dtype)
-    return jnp.einsum("...d,vd->...v", x.astype(dtype), self.embedding.astype(dtype))
+    lead = x.shape[:-1]
+    logits = matmul_t(x.astype(dtype).reshape(-1, x.shape[-1]), self.embedding.astype(dtype))  # [tokens, vocab]
+    return logits.reshape(lead + (self.num_embeddings,))
 
 
 class InputEmbedding(nn.Module):
