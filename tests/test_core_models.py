@@ -409,6 +409,38 @@ def test_tied_head_product_matches_einsum_in_value_gradient_and_jvp(rows):
                              jax.jvp(ref, (x, table), tangents)[1], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("norm,norm_bias", [("layernorm", None), ("rmsnorm", None), ("rmsnorm", True)])
+def test_norm_matches_flax_norms_in_value_gradient_and_jvp(norm, norm_bias):
+  """tfm's Norm (scale / bias gradients as matrix-vector products) equals flax.linen.LayerNorm /
+  RMSNorm given the same parameters: values, gradients of input, scale and bias, and forward mode."""
+  from tfm.layers.norms import Norm  # noqa: PLC0415
+  c = tfm.get_config("gpt2-tiny", norm=norm, norm_bias=norm_bias, norm_eps=1e-5)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, c.d_model)) * 2 + 0.5
+  ours = Norm(c)
+  p = nn.meta.unbox(ours.init(RNG, x)["params"])
+  p = {k: jax.random.normal(jax.random.PRNGKey(i + 2), v.shape) for i, (k, v) in enumerate(sorted(p.items()))}
+  use_bias = "bias" in p
+  assert use_bias == (norm == "layernorm" or bool(norm_bias))
+  if norm == "layernorm":
+    ref = nn.LayerNorm(epsilon=1e-5)
+  else:
+    ref = nn.RMSNorm(epsilon=1e-5)
+  ref_p = {"scale": p["scale"]}
+  apply_ours = lambda p, x: ours.apply({"params": p}, x)
+  if norm == "rmsnorm" and use_bias:
+    apply_ref = lambda p, x: ref.apply({"params": {"scale": p["scale"]}}, x) + p["bias"]
+  else:
+    apply_ref = lambda p, x: ref.apply({"params": {**ref_p, **p}}, x)
+  np.testing.assert_allclose(apply_ours(p, x), apply_ref(p, x), rtol=1e-5, atol=1e-5)
+  w = jax.random.normal(jax.random.PRNGKey(9), x.shape)
+  loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)) * w)
+  g_ours, g_ref = jax.grad(loss(apply_ours), argnums=(0, 1))(p, x), jax.grad(loss(apply_ref), argnums=(0, 1))(p, x)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_ours, g_ref)
+  tangents = jax.tree_util.tree_map(lambda a: jnp.full_like(a, 0.3), (p, x))
+  np.testing.assert_allclose(jax.jvp(apply_ours, (p, x), tangents)[1], jax.jvp(apply_ref, (p, x), tangents)[1],
+                             rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("contract,features", [(1, (2, 3)), (1, (3, 5)), (2, (8,)), (2, (40,))])
 def test_dense_matches_tensordot_in_value_gradient_and_jvp(contract, features):
   """Dense's 2-D matmul, its kernel gradient (either orientation) and its matmul-based bias gradient

@@ -149,5 +149,15 @@ def _add_bias_jvp(primals, tangents):
   matmul rounds to bfloat16).
   """
   (y, bias), (dy, dbias) = primals, tangents
-  ones = jnp.ones((y.shape[0], 1), y.dtype)
-  return y + bias, dy + jnp.matmul(ones, dbias[None, :], precision=jax.lax.Precision.HIGHEST)
+  return y + bias, dy + broadcast_rows(dbias, y.shape[0])
+
+
+def broadcast_rows(v, rows: int):
+  """Returns v [features] repeated as [rows, features], computed as ones [rows, 1] · v [1, features].
+
+  Use it for the tangent of a per-feature parameter: transposed, the product gives the parameter's
+  gradient as onesᵀ · dy, a matrix-vector product, where a plain broadcast gives a sum over rows
+  (slow on XLA:CPU, see `add_bias`). HIGHEST precision keeps it float32-exact on TPUs.
+  """
+  ones = jnp.ones((rows, 1), v.dtype)
+  return jnp.matmul(ones, v[None, :], precision=jax.lax.Precision.HIGHEST)
