@@ -36,7 +36,7 @@ def test_handwritten_gpt_matches_and_the_torch_step_learns():
   _, hf = torch_ref.build_hf(c)
   assert sum(p.numel() for p in gpt.parameters()) == sum(p.numel() for p in hf.parameters())
   runner = torch_ref.TorchRunner("nanoGPT", gpt, random_batch(c, 2, 16), hf=False)
-  first = float(runner._loss())
+  first = float(runner._loss().detach())
   runner.time(warmup=1, iters=3)
   assert len(runner.train_ts) == 3 and len(runner.fwd_ts) == 3
   assert runner.loss < first  # the same batch six times: AdamW must lower its loss
