@@ -1,5 +1,7 @@
 """Equivalences of the three model families: causality, padding, packing, GQA, cached decoding."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -370,7 +372,6 @@ def test_family_argument_errors():
 
 def _dot_output_shapes(fn, *args):
   """Returns the output shapes of the dots in fn's optimized HLO on this backend, as tuples."""
-  import re  # noqa: PLC0415
   txt = jax.jit(fn).lower(*args).compile().as_text()
   return [tuple(int(d) for d in m.group(1).split(",")) for m in re.finditer(r"= f32\[([\d,]+)\]\{[\d,]*\} dot\(", txt)]
 

@@ -205,7 +205,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     outs = []
     for i in range(blocks):  # queries lo:hi attend to keys :hi, the diagonal block causally
       lo, hi = i * q_len // blocks, (i + 1) * q_len // blocks
-      diag = (jnp.arange(hi)[None, :] <= jnp.arange(lo, hi)[:, None])[None, None]  # [1, 1, hi - lo, hi]
+      diag = causal_mask(jnp.arange(lo, hi)[None], jnp.arange(hi)[None])  # [1, 1, hi - lo, hi]
       rng = dropout_rng if dropout_rng is None or blocks == 1 else jax.random.fold_in(dropout_rng, i)
       outs.append(dot_product_attention(
           q[:, lo:hi], k[:, :hi], v[:, :hi], bias=_block(bias, lo, hi, q_len),
