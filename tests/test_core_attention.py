@@ -1,5 +1,6 @@
 """The attention core against a float64 NumPy reference and against jax.nn.dot_product_attention."""
 
+import functools
 import itertools
 
 import jax
@@ -176,16 +177,19 @@ def test_causal_blocks_match_numpy_and_jax_nn_is_causal(length, heads, with_bias
   mask = core.padding_mask(None, jnp.asarray(valid)) if pad_rows else None
   tri = np.tril(np.ones((length, length), bool))[None, None]
   want = numpy_attention(q, k, v, mask=tri if mask is None else np.logical_and(tri, np.asarray(mask)), bias=bias)
+  # everything runs under jit (as in a model): one compile per function instead of one per op
   for impl in ("xla", "reference"):
-    got = core.dot_product_attention(q, k, v, bias=bias, mask=mask, causal=True, implementation=impl)
+    got = jax.jit(functools.partial(core.dot_product_attention, causal=True, implementation=impl))(
+        q, k, v, bias=bias, mask=mask)
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5)
-  ref = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=True)
-  got = core.dot_product_attention(q, k, v, bias=bias, mask=mask, causal=True)
+  ref = jax.jit(functools.partial(jax.nn.dot_product_attention, is_causal=True))(q, k, v, bias=bias, mask=mask)
+  got = jax.jit(functools.partial(core.dot_product_attention, causal=True))(q, k, v, bias=bias, mask=mask)
   np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-5, rtol=1e-5)
   # gradients equal those of the unsplit kernel given the causal mask explicitly
-  f = lambda causal: lambda q, k, v: jnp.sum(jnp.sin(core.dot_product_attention(
-      q, k, v, bias=bias, mask=core.combine_masks(mask, None if causal else jnp.asarray(tri)), causal=causal)))
-  for a, b in zip(jax.grad(f(True), argnums=(0, 1, 2))(q, k, v), jax.grad(f(False), argnums=(0, 1, 2))(q, k, v)):
+  f = lambda causal: jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(core.dot_product_attention(
+      q, k, v, bias=bias, mask=core.combine_masks(mask, None if causal else jnp.asarray(tri)), causal=causal))),
+      argnums=(0, 1, 2)))
+  for a, b in zip(f(True)(q, k, v), f(False)(q, k, v)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
 
 

@@ -40,6 +40,17 @@ def init(name, **overrides):
   return _CACHE[key]
 
 
+def jitted(f):
+  """Returns jax.jit(f), one per function: a model runs as one compiled program, not op by op (faster)."""
+  key = f if not hasattr(f, "__self__") else (id(f.__self__), f.__name__)
+  if key not in _JIT:
+    _JIT[key] = jax.jit(f)
+  return _JIT[key]
+
+
+_JIT = {}
+
+
 def run(name, ids, dec_ids=None, **kw):
   m, p = init(name)
   if m.config.family == "encoder_decoder":
@@ -61,11 +72,11 @@ def test_causality(name):
   changed = ids.at[:, t + 1:].set((ids[:, t + 1:] + 7) % 250 + 3)
   if m.config.family == "encoder_decoder":
     src = _ids((2, 9), seed=1)
-    a = m.apply({"params": p}, src, decoder_input_ids=ids)
-    b = m.apply({"params": p}, src, decoder_input_ids=changed)
+    a = jitted(m.apply)({"params": p}, src, decoder_input_ids=ids)
+    b = jitted(m.apply)({"params": p}, src, decoder_input_ids=changed)
   else:
-    a = m.apply({"params": p}, ids)
-    b = m.apply({"params": p}, changed)
+    a = jitted(m.apply)({"params": p}, ids)
+    b = jitted(m.apply)({"params": p}, changed)
   np.testing.assert_allclose(np.asarray(a[:, : t + 1]), np.asarray(b[:, : t + 1]), atol=1e-6)
   assert np.max(np.abs(np.asarray(a[:, t + 1:]) - np.asarray(b[:, t + 1:]))) > 1e-4  # the test can fail
 
@@ -82,15 +93,15 @@ def test_padding_equals_unpadded(name):
     dec = _ids((2, 6), seed=2)
     dec_lengths = [6, 3]
     dmask = (jnp.arange(6)[None] < jnp.array(dec_lengths)[:, None]).astype(jnp.int32)
-    out = m.apply({"params": p}, padded_ids, mask, decoder_input_ids=dec, decoder_attention_mask=dmask)
+    out = jitted(m.apply)({"params": p}, padded_ids, mask, decoder_input_ids=dec, decoder_attention_mask=dmask)
     for i in range(2):
-      alone = m.apply({"params": p}, padded_ids[i:i + 1, :lengths[i]],
-                      decoder_input_ids=dec[i:i + 1, :dec_lengths[i]])
+      alone = jitted(m.apply)({"params": p}, padded_ids[i:i + 1, :lengths[i]],
+                              decoder_input_ids=dec[i:i + 1, :dec_lengths[i]])
       np.testing.assert_allclose(np.asarray(out[i, :dec_lengths[i]]), np.asarray(alone[0]), atol=2e-5)
   else:
-    out = m.apply({"params": p}, padded_ids, mask)
+    out = jitted(m.apply)({"params": p}, padded_ids, mask)
     for i in range(2):
-      alone = m.apply({"params": p}, padded_ids[i:i + 1, :lengths[i]])
+      alone = jitted(m.apply)({"params": p}, padded_ids[i:i + 1, :lengths[i]])
       np.testing.assert_allclose(np.asarray(out[i, :lengths[i]]), np.asarray(alone[0]), atol=2e-5)
 
 
@@ -106,14 +117,14 @@ def test_packing_equals_separate(name):
     da, db = _ids((1, 3), seed=5), _ids((1, 4), seed=6)
     dpacked = jnp.concatenate([da, db], axis=1)
     dseg = jnp.array([[1] * 3 + [2] * 4])
-    out = m.apply({"params": p}, packed, decoder_input_ids=dpacked, segment_ids=seg, decoder_segment_ids=dseg)
-    ra = m.apply({"params": p}, a, decoder_input_ids=da)
-    rb = m.apply({"params": p}, b, decoder_input_ids=db)
+    out = jitted(m.apply)({"params": p}, packed, decoder_input_ids=dpacked, segment_ids=seg, decoder_segment_ids=dseg)
+    ra = jitted(m.apply)({"params": p}, a, decoder_input_ids=da)
+    rb = jitted(m.apply)({"params": p}, b, decoder_input_ids=db)
     np.testing.assert_allclose(np.asarray(out[0, :3]), np.asarray(ra[0]), atol=2e-5)
     np.testing.assert_allclose(np.asarray(out[0, 3:]), np.asarray(rb[0]), atol=2e-5)
   else:
-    out = m.apply({"params": p}, packed, segment_ids=seg)
-    ra, rb = m.apply({"params": p}, a), m.apply({"params": p}, b)
+    out = jitted(m.apply)({"params": p}, packed, segment_ids=seg)
+    ra, rb = jitted(m.apply)({"params": p}, a), jitted(m.apply)({"params": p}, b)
     np.testing.assert_allclose(np.asarray(out[0, :5]), np.asarray(ra[0]), atol=2e-5)
     np.testing.assert_allclose(np.asarray(out[0, 5:]), np.asarray(rb[0]), atol=2e-5)
 
@@ -163,17 +174,17 @@ def test_cached_decoding_matches_full_forward(name):
   if m.config.family == "encoder_decoder":
     src = _ids((2, 7), seed=8)
     src_mask = jnp.ones((2, 7), jnp.int32).at[1, 5:].set(0)
-    enc = m.apply({"params": p}, src, src_mask, method=m.encode)
-    full = m.apply({"params": p}, enc, ids, src_mask, method=m.decode)
+    enc = jax.jit(lambda src, mask: m.apply({"params": p}, src, mask, method=m.encode))(src, src_mask)
+    full = jax.jit(lambda enc, ids, mask: m.apply({"params": p}, enc, ids, mask, method=m.decode))(enc, ids, src_mask)
     cache = tfm.init_cache(m, 2, T)
     # The prompt chunk stores the cross-attention keys / values; later steps read them (encoded=None).
-    step = lambda chunk, cache: m.apply({"params": p, "cache": cache}, enc if chunk.shape[1] > 1 else None,
-                                        chunk, src_mask, decode=True, mutable=["cache"], method=m.decode)
+    step = jax.jit(lambda chunk, cache: m.apply({"params": p, "cache": cache}, enc if chunk.shape[1] > 1 else None,
+                                                chunk, src_mask, decode=True, mutable=["cache"], method=m.decode))
   else:
-    full = m.apply({"params": p}, ids)
+    full = jitted(m.apply)({"params": p}, ids)
     cache = tfm.init_cache(m, 2, T)
-    step = lambda chunk, cache: m.apply({"params": p, "cache": cache}, chunk, decode=True, mutable=["cache"])
-  outs = []
+    step = jax.jit(lambda chunk, cache: m.apply({"params": p, "cache": cache}, chunk, decode=True, mutable=["cache"]))
+  outs = []  # step is jitted: compiled once for the prompt chunk and once for single tokens
   out, mut = step(ids[:, :prompt], cache)
   outs.append(out)
   for t in range(prompt, T):
@@ -319,8 +330,8 @@ def test_remat_same_gradients(remat):
   mr = tfm.build(m.config.replace(remat=remat))
   ids = _ids((2, 8))
   loss = lambda model: (lambda p: jnp.mean(model.apply({"params": p}, ids) ** 2))
-  g1 = jax.grad(loss(m))(p)
-  g2 = jax.grad(loss(mr))(p)
+  g1 = jax.jit(jax.grad(loss(m)))(p)
+  g2 = jax.jit(jax.grad(loss(mr)))(p)
   for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
@@ -427,11 +438,11 @@ def test_norm_matches_flax_norms_in_value_gradient_and_jvp(norm, norm_bias):
   else:
     ref = nn.RMSNorm(epsilon=1e-5)
   ref_p = {"scale": p["scale"]}
-  apply_ours = lambda p, x: ours.apply({"params": p}, x)
+  apply_ours = jax.jit(lambda p, x: ours.apply({"params": p}, x))  # compiled: fewer, faster compiles
   if norm == "rmsnorm" and use_bias:
-    apply_ref = lambda p, x: ref.apply({"params": {"scale": p["scale"]}}, x) + p["bias"]
+    apply_ref = jax.jit(lambda p, x: ref.apply({"params": {"scale": p["scale"]}}, x) + p["bias"])
   else:
-    apply_ref = lambda p, x: ref.apply({"params": {**ref_p, **p}}, x)
+    apply_ref = jax.jit(lambda p, x: ref.apply({"params": {**ref_p, **p}}, x))
   np.testing.assert_allclose(apply_ours(p, x), apply_ref(p, x), rtol=1e-5, atol=1e-5)
   w = jax.random.normal(jax.random.PRNGKey(9), x.shape)
   loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)) * w)
@@ -455,9 +466,11 @@ def test_dense_matches_tensordot_in_value_gradient_and_jvp(contract, features):
   params = {"kernel": params["kernel"], "bias": jax.random.normal(jax.random.PRNGKey(2), feats)}
   n = x.ndim - contract
 
+  @jax.jit  # grad and jvp of a jitted function run as a few compiled programs, not op by op
   def ref(p, x):
     return jnp.tensordot(x, p["kernel"], axes=(tuple(range(n, x.ndim)), tuple(range(contract)))) + p["bias"]
 
+  @jax.jit
   def ours(p, x):
     return layer.apply({"params": p}, x)
 
