@@ -26,6 +26,7 @@ def _ids(shape, vocab=256, seed=0):
 
 
 _CACHE = {}
+_JIT = {}
 
 
 def init(name, **overrides):
@@ -40,15 +41,11 @@ def init(name, **overrides):
   return _CACHE[key]
 
 
-def jitted(f):
-  """Returns jax.jit(f), one per function: a model runs as one compiled program, not op by op (faster)."""
-  key = f if not hasattr(f, "__self__") else (id(f.__self__), f.__name__)
-  if key not in _JIT:
-    _JIT[key] = jax.jit(f)
-  return _JIT[key]
-
-
-_JIT = {}
+def jitted_apply(m):
+  """Returns jax.jit(m.apply), one per model: it runs as one compiled program, not op by op (faster)."""
+  if id(m) not in _JIT:  # Linen modules are not hashable; the cached jit keeps m alive, so its id stays unique
+    _JIT[id(m)] = jax.jit(m.apply)
+  return _JIT[id(m)]
 
 
 def run(name, ids, dec_ids=None, **kw):
@@ -72,11 +69,11 @@ def test_causality(name):
   changed = ids.at[:, t + 1:].set((ids[:, t + 1:] + 7) % 250 + 3)
   if m.config.family == "encoder_decoder":
     src = _ids((2, 9), seed=1)
-    a = jitted(m.apply)({"params": p}, src, decoder_input_ids=ids)
-    b = jitted(m.apply)({"params": p}, src, decoder_input_ids=changed)
+    a = jitted_apply(m)({"params": p}, src, decoder_input_ids=ids)
+    b = jitted_apply(m)({"params": p}, src, decoder_input_ids=changed)
   else:
-    a = jitted(m.apply)({"params": p}, ids)
-    b = jitted(m.apply)({"params": p}, changed)
+    a = jitted_apply(m)({"params": p}, ids)
+    b = jitted_apply(m)({"params": p}, changed)
   np.testing.assert_allclose(np.asarray(a[:, : t + 1]), np.asarray(b[:, : t + 1]), atol=1e-6)
   assert np.max(np.abs(np.asarray(a[:, t + 1:]) - np.asarray(b[:, t + 1:]))) > 1e-4  # the test can fail
 
@@ -93,15 +90,15 @@ def test_padding_equals_unpadded(name):
     dec = _ids((2, 6), seed=2)
     dec_lengths = [6, 3]
     dmask = (jnp.arange(6)[None] < jnp.array(dec_lengths)[:, None]).astype(jnp.int32)
-    out = jitted(m.apply)({"params": p}, padded_ids, mask, decoder_input_ids=dec, decoder_attention_mask=dmask)
+    out = jitted_apply(m)({"params": p}, padded_ids, mask, decoder_input_ids=dec, decoder_attention_mask=dmask)
     for i in range(2):
-      alone = jitted(m.apply)({"params": p}, padded_ids[i:i + 1, :lengths[i]],
+      alone = jitted_apply(m)({"params": p}, padded_ids[i:i + 1, :lengths[i]],
                               decoder_input_ids=dec[i:i + 1, :dec_lengths[i]])
       np.testing.assert_allclose(np.asarray(out[i, :dec_lengths[i]]), np.asarray(alone[0]), atol=2e-5)
   else:
-    out = jitted(m.apply)({"params": p}, padded_ids, mask)
+    out = jitted_apply(m)({"params": p}, padded_ids, mask)
     for i in range(2):
-      alone = jitted(m.apply)({"params": p}, padded_ids[i:i + 1, :lengths[i]])
+      alone = jitted_apply(m)({"params": p}, padded_ids[i:i + 1, :lengths[i]])
       np.testing.assert_allclose(np.asarray(out[i, :lengths[i]]), np.asarray(alone[0]), atol=2e-5)
 
 
@@ -117,14 +114,14 @@ def test_packing_equals_separate(name):
     da, db = _ids((1, 3), seed=5), _ids((1, 4), seed=6)
     dpacked = jnp.concatenate([da, db], axis=1)
     dseg = jnp.array([[1] * 3 + [2] * 4])
-    out = jitted(m.apply)({"params": p}, packed, decoder_input_ids=dpacked, segment_ids=seg, decoder_segment_ids=dseg)
-    ra = jitted(m.apply)({"params": p}, a, decoder_input_ids=da)
-    rb = jitted(m.apply)({"params": p}, b, decoder_input_ids=db)
+    out = jitted_apply(m)({"params": p}, packed, decoder_input_ids=dpacked, segment_ids=seg, decoder_segment_ids=dseg)
+    ra = jitted_apply(m)({"params": p}, a, decoder_input_ids=da)
+    rb = jitted_apply(m)({"params": p}, b, decoder_input_ids=db)
     np.testing.assert_allclose(np.asarray(out[0, :3]), np.asarray(ra[0]), atol=2e-5)
     np.testing.assert_allclose(np.asarray(out[0, 3:]), np.asarray(rb[0]), atol=2e-5)
   else:
-    out = jitted(m.apply)({"params": p}, packed, segment_ids=seg)
-    ra, rb = jitted(m.apply)({"params": p}, a), jitted(m.apply)({"params": p}, b)
+    out = jitted_apply(m)({"params": p}, packed, segment_ids=seg)
+    ra, rb = jitted_apply(m)({"params": p}, a), jitted_apply(m)({"params": p}, b)
     np.testing.assert_allclose(np.asarray(out[0, :5]), np.asarray(ra[0]), atol=2e-5)
     np.testing.assert_allclose(np.asarray(out[0, 5:]), np.asarray(rb[0]), atol=2e-5)
 
@@ -181,7 +178,7 @@ def test_cached_decoding_matches_full_forward(name):
     step = jax.jit(lambda chunk, cache: m.apply({"params": p, "cache": cache}, enc if chunk.shape[1] > 1 else None,
                                                 chunk, src_mask, decode=True, mutable=["cache"], method=m.decode))
   else:
-    full = jitted(m.apply)({"params": p}, ids)
+    full = jitted_apply(m)({"params": p}, ids)
     cache = tfm.init_cache(m, 2, T)
     step = jax.jit(lambda chunk, cache: m.apply({"params": p, "cache": cache}, chunk, decode=True, mutable=["cache"]))
   outs = []  # step is jitted: compiled once for the prompt chunk and once for single tokens
