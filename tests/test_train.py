@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import tfm
+from tfm import hostmem
 from tfm.data.tokenizers import ByteTokenizer
 from tfm.train import objectives, train_and_evaluate
 from tfm.train.defaults import base_config
@@ -203,8 +204,8 @@ def _final_params(wd):
 
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  full = tmp_path / "full"
-  subprocess.run(_cmd(full, tmp_path), check=True, env=env, capture_output=True)
+  full = tmp_path / "full"  # also shows that malloc's huge pages (on by default where they apply) change no bit
+  subprocess.run(_cmd(full, tmp_path, "--nohuge_pages"), check=True, env=env, capture_output=True)
   killed = tmp_path / "killed"
   proc = subprocess.Popen(_cmd(killed, tmp_path), env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -224,6 +225,9 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   assert sa == sb == 24
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     assert np.array_equal(np.asarray(x), np.asarray(y))  # bitwise
+  assert json.load(open(full / "summary.json"))["huge_pages"] == "off (TFM_HUGE_PAGES=0)"
+  possible = hostmem.huge_pages_state({}) == "off (not requested)"  # Linux, glibc >= 2.35, THP not "never"
+  assert json.load(open(killed / "summary.json"))["huge_pages"] == ("on" if possible else hostmem.huge_pages_state({}))
   ma = [json.loads(l) for l in open(full / "metrics.jsonl")]
   mb = [json.loads(l) for l in open(killed / "metrics.jsonl")]
   assert [r["step"] for r in ma] == [r["step"] for r in mb]

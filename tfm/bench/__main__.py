@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from tfm.hostmem import huge_pages_state, use_huge_pages
+
 # XLA:CPU flags measured to help the training step on CPU (../shared/PERF_NOTES.md): dots go to Eigen
 # instead of the YNNPACK fusions. Set before the first JAX computation; --no-cpu-flags keeps XLA's defaults.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
@@ -49,6 +51,7 @@ def _add_variant_args(p: argparse.ArgumentParser, models_default: str):
   p.add_argument("--iters", type=int, default=5, help="timed steps (the median is reported)")
   p.add_argument("--out", default="bench_out", help="output folder for results.{csv,json} and plots")
   p.add_argument("--no-cpu-flags", action="store_true", help="do not add the CPU XLA flags (see CPU_XLA_FLAGS)")
+  p.add_argument("--no-huge-pages", action="store_true", help="keep glibc's default malloc (see tfm/hostmem.py)")
 
 
 def main(argv=None) -> int:
@@ -73,8 +76,11 @@ def main(argv=None) -> int:
                   help="equal-FLOPs budget: each variant trains for budget / (train FLOPs per step) steps")
   qp.add_argument("--out", default="bench_quality", help="output folder")
   qp.add_argument("--no-cpu-flags", action="store_true")
+  qp.add_argument("--no-huge-pages", action="store_true")
   args = parser.parse_args(argv)
-  set_xla_flags(not args.no_cpu_flags)
+  # From the command line (argv None) this may restart the process once, same arguments: see tfm/hostmem.py.
+  huge_pages = use_huge_pages(not args.no_huge_pages) if argv is None else huge_pages_state()
+  xla_flags = set_xla_flags(not args.no_cpu_flags)
 
   if args.command == "quality":
     from tfm.bench.quality import run_quality_cli  # noqa: PLC0415
@@ -94,13 +100,15 @@ def main(argv=None) -> int:
                         nanogpt=not args.no_nanogpt)
     columns = TORCH_COLUMNS
     stem = "torch_results"
+  for r in records:
+    r.update(huge_pages=huge_pages, xla_flags=xla_flags)
   print()
   print(report.markdown_table(records, columns))
   json_path, csv_path = report.write_records(records, args.out, stem)
   plot = report.plot_speed([r for r in records if r.get("framework", "tfm") == "tfm"],
                            os.path.join(args.out, f"{'speed' if stem == 'results' else 'torch'}.png"))
   print(f"\nwrote {json_path}, {csv_path}" + (f", {plot}" if plot else "") +
-        f"  (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
+        f"  (XLA_FLAGS={xla_flags!r}, malloc huge pages: {huge_pages})")
   return 0
 
 

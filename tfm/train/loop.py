@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import tfm
+from tfm import hostmem
 from tfm.data.dataset import RunData
 from tfm.train import defaults
 from tfm.train.checkpoint import Checkpoints
@@ -395,7 +396,8 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
   summary = {"train_loss": train_loss, "eval_loss": last_eval["loss"], "eval_perplexity": last_eval["perplexity"],
              "eval_accuracy": last_eval["accuracy"], "steps": int(state.step), "wall_time_s": time.time() - t_start,
              "num_params": num_params, "tokens_seen": tokens_seen, "task": task.name, "model": config.model,
-             "best_metric": best_metric, f"best_eval_{best_metric}": best_eval}
+             "best_metric": best_metric, f"best_eval_{best_metric}": best_eval,
+             "huge_pages": hostmem.huge_pages_state()}
   if best_record is not None:
     summary.update({f"best_eval_{k}": v for k, v in best_record.items() if k not in ("step", "split")})
     summary["best_step"] = best_record["step"]
