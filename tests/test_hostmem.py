@@ -1,5 +1,5 @@
 """tfm.hostmem: the entry points restart once with transparent huge pages for malloc, which removes the page faults
-of large allocations; the opt-out keeps glibc's default."""
+of large allocations; the opt-out keeps glibc's default, and huge_pages_paused suspends them."""
 
 import json
 import os
@@ -31,7 +31,14 @@ for _ in range(3):
   ctypes.memset(p, 1, {BLOCK})
   libc.free(ctypes.c_void_p(p))
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps(dict(state=state, tunables=os.environ.get("GLIBC_TUNABLES"), faults=faults, pid=os.getpid())))
+with hostmem.huge_pages_paused() as paused:  # prctl(PR_SET_THP_DISABLE) for the faults inside only
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  p = libc.malloc({BLOCK})
+  ctypes.memset(p, 1, {BLOCK})
+  libc.free(ctypes.c_void_p(p))
+  paused_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps(dict(state=state, tunables=os.environ.get("GLIBC_TUNABLES"), faults=faults, pid=os.getpid(),
+                      paused=paused, paused_faults=paused_faults)))
 """
 
 
@@ -65,6 +72,7 @@ def test_restart_with_huge_pages_removes_the_page_faults_of_large_blocks():
   assert off["state"] == "off (TFM_HUGE_PAGES=0)" and off["tunables"] is None and len(starts) == 1
   assert min(off["faults"]) >= 0.9 * pages  # 4 KiB pages: one fault each
   assert max(on["faults"]) < pages / 8  # 2 MiB pages (measured: 544 faults against 16,385)
+  assert on["paused"] and on["paused_faults"] >= 0.9 * pages  # huge_pages_paused: 4 KiB pages again
   starts, env_off = _child("on", TFM_HUGE_PAGES="0")  # the environment opts out as well
   assert env_off["state"] == "off (TFM_HUGE_PAGES=0)" and len(starts) == 1
   starts, user = _child("on", GLIBC_TUNABLES="glibc.malloc.hugetlb=0")  # so does the user's own tunable

@@ -11,6 +11,8 @@ point's flag (`train.py --nohuge_pages`, `python -m tfm.bench ... --no-huge-page
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import platform
 import re
@@ -21,6 +23,7 @@ OPT_OUT_ENV = "TFM_HUGE_PAGES"  # "0" keeps glibc's default malloc
 _REEXEC_ENV = "TFM_HUGE_PAGES_REEXEC"  # set in the re-executed process: never re-execute twice
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 MIN_GLIBC = (2, 35)  # the first glibc with malloc.hugetlb
+PR_SET_THP_DISABLE = 41  # prctl option (linux/prctl.h): no transparent huge pages for this process while set
 _NOT_REQUESTED = "off (not requested)"
 
 
@@ -98,3 +101,22 @@ def use_huge_pages(enable: bool = True) -> str:
   except OSError as e:  # keep running without: huge pages only change speed
     return f"off (re-exec failed: {e})"
   return state  # not reached
+
+
+@contextlib.contextmanager
+def huge_pages_paused(pause: bool = True):
+  """Returns a context in which the kernel gives this process no transparent huge pages; it yields whether it could.
+
+  `prctl(PR_SET_THP_DISABLE)` applies to the faults taken inside the context (mappings made before keep their
+  pages). `python -m tfm.bench torch` runs the PyTorch steps inside it: they measured slower with huge pages.
+  """
+  if not pause or not sys.platform.startswith("linux"):
+    yield False
+    return
+  libc = ctypes.CDLL(None, use_errno=True)
+  paused = libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+  try:
+    yield paused
+  finally:
+    if paused:
+      libc.prctl(PR_SET_THP_DISABLE, 0, 0, 0, 0)

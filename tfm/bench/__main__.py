@@ -66,6 +66,8 @@ def main(argv=None) -> int:
   _add_variant_args(tp, "gpt-nano,gpt2-small,bert-cls-4l-256,t5-4l-256")
   tp.add_argument("--rounds", type=int, default=1, help="alternate tfm and PyTorch this many times per model")
   tp.add_argument("--no-nanogpt", action="store_true", help="skip the hand-written PyTorch GPT")
+  tp.add_argument("--torch-huge-pages", action="store_true",
+                  help="let the PyTorch steps use malloc's huge pages too (by default paused for them: slower)")
   qp = sub.add_parser("quality", help="train variants on the same data and seed, compare eval loss")
   qp.add_argument("--config", default="configs/gpt_shakespeare_char.py", help="training config file (tfm.train)")
   qp.add_argument("--vary", action="append", default=[],
@@ -97,11 +99,12 @@ def main(argv=None) -> int:
   else:
     from tfm.bench.torch_ref import TORCH_COLUMNS, run_torch  # noqa: PLC0415
     records = run_torch(variants, warmup=args.warmup, iters=args.iters, rounds=args.rounds,
-                        nanogpt=not args.no_nanogpt)
+                        nanogpt=not args.no_nanogpt, torch_huge_pages=args.torch_huge_pages)
     columns = TORCH_COLUMNS
     stem = "torch_results"
   for r in records:
-    r.update(huge_pages=huge_pages, xla_flags=xla_flags)
+    r.setdefault("huge_pages", huge_pages)
+    r["xla_flags"] = xla_flags
   print()
   print(report.markdown_table(records, columns))
   json_path, csv_path = report.write_records(records, args.out, stem)

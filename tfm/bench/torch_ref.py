@@ -22,6 +22,7 @@ import statistics
 import time
 from typing import Callable, Optional
 
+from tfm import hostmem
 from tfm.bench import device as dev
 from tfm.bench.speed import TfmRunner, Variant, finish_records
 from tfm.bench.step import Batch, random_batch
@@ -35,7 +36,8 @@ TORCH_COLUMNS = [
     ("batch", "batch_size", "{}"), ("params", "num_params", "{:,.0f}"),
     ("train tok/s", "train_tokens_per_sec", "{:,.0f}"), ("fwd tok/s", "forward_tokens_per_sec", "{:,.0f}"),
     ("step ms", "train_step_s", "{:,.0f}", 1e3), ("MFU", "mfu", "{:.1%}"), ("peak GFLOP/s", "peak_flops", "{:,.0f}", 1e-9),
-    ("tfm / best torch", "tfm_over_torch", "{:.2f}"), ("load", "load_avg_start", "{}"),
+    ("tfm / best torch", "tfm_over_torch", "{:.2f}"), ("huge pages", "huge_pages", "{}"),
+    ("load", "load_avg_start", "{}"),
 ]
 
 
@@ -225,9 +227,15 @@ class TorchPeak:
 
 
 def run_torch(variants: list[Variant], warmup: int = 2, iters: int = 5, rounds: int = 1,
-              nanogpt: bool = True, verbose: bool = True) -> list[dict]:
-  """Returns records for tfm and its PyTorch counterparts per variant, with `tfm_over_torch` on the tfm record."""
+              nanogpt: bool = True, verbose: bool = True, torch_huge_pages: bool = False) -> list[dict]:
+  """Returns records for tfm and its PyTorch counterparts per variant, with `tfm_over_torch` on the tfm record.
+
+  Unless `torch_huge_pages`, the PyTorch steps run with transparent huge pages paused
+  (`tfm.hostmem.huge_pages_paused`): PyTorch measured slower with malloc's huge pages, tfm faster.
+  """
   torch = _torch()
+  pause = not torch_huge_pages and hostmem.huge_pages_state() == "on"
+  torch_huge = "off (paused while PyTorch runs)" if pause else hostmem.huge_pages_state()
   torch.manual_seed(0)
   jax_peak = dev.MatmulPeak()
   torch_peak = TorchPeak()
@@ -245,12 +253,15 @@ def run_torch(variants: list[Variant], warmup: int = 2, iters: int = 5, rounds: 
     others.append(TorchRunner(hf_name, hf_model, batch, hf=True))
     if nanogpt and _is_gpt2_shaped(c) and c.tie_embeddings:
       others.append(TorchRunner("torch nanoGPT-style", _torch_gpt_class()(c), batch, hf=False))
-    torch_before = torch_peak.sample()
+    with hostmem.huge_pages_paused(pause):
+      torch_before = torch_peak.sample()
     for _ in range(rounds):  # alternate, so drift in machine load hits both alike
       runner.time(warmup, iters)
-      for o in others:
-        o.time(warmup, iters)
-    torch_after = torch_peak.sample()
+      with hostmem.huge_pages_paused(pause):
+        for o in others:
+          o.time(warmup, iters)
+    with hostmem.huge_pages_paused(pause):
+      torch_after = torch_peak.sample()
     jax_after = jax_peak.sample()
     rec = runner.record(jax_peak.flops(jax_before + jax_after), load_start)
     torch_local = 2 * torch_peak.n ** 3 / statistics.median(torch_before + torch_after)
@@ -267,7 +278,8 @@ def run_torch(variants: list[Variant], warmup: int = 2, iters: int = 5, rounds: 
           compile_s=None, first_step_s=o.first_step_s, peak_flops_local=torch_local,
           mfu_local=runner.flops.train / step_s / torch_local, load_avg_start=load_start,
           load_avg_end=dev.load_average(), final_loss=o.loss, torch_version=torch.__version__,
-          torch_threads=torch.get_num_threads(), device_kind="cpu", backend="torch-cpu", iters=len(o.train_ts)))
+          torch_threads=torch.get_num_threads(), device_kind="cpu", backend="torch-cpu", iters=len(o.train_ts),
+          huge_pages=torch_huge))
     best = max(t["train_tokens_per_sec"] for t in trecs)
     rec["tfm_over_torch"] = rec["train_tokens_per_sec"] / best
     rec["best_torch"] = max(trecs, key=lambda t: t["train_tokens_per_sec"])["framework"]
