@@ -394,19 +394,23 @@ def test_cpu_dot_orientations_survive_xla():
   assert _dot_output_shapes(kernel_grad, x, w, dy) == [(16, 48)]
   assert _dot_output_shapes(kernel_grad, dy, w.T, x) == [(16, 48)]   # fan_in 16 < fan_out 48: plain xᵀ·dy
   h, table = jnp.ones((8, 32)), jnp.ones((100, 32))
-  assert dense_lib.transposed_nt_product(8, 100) and not dense_lib.transposed_nt_product(600, 100)
+  assert [dense_lib.nt_form(*s) for s in ((8, 100), (300, 1000), (600, 1000), (600, 100))] == [
+      "transposed", "table_transposed", "plain", "plain"]
   assert _dot_output_shapes(dense_lib.matmul_t, h, table) == [(100, 8)]
   assert _dot_output_shapes(dense_lib.matmul_t, table, h) == [(100, 8)]  # 100 rows > 8 cols: plain
+  h, table = jnp.ones((300, 32)), jnp.ones((1000, 32))
+  txt = jax.jit(dense_lib.matmul_t).lower(h, table).compile().as_text()  # x · (tableᵀ copied): an NN product
+  assert re.findall(r"f32\[300,1000\]\{1,0\} dot\(.*lhs_contracting_dims=\{1\}, rhs_contracting_dims=\{0\}", txt)
 
 
-@pytest.mark.parametrize("rows", [3, 30])
-def test_tied_head_product_matches_einsum_in_value_gradient_and_jvp(rows):
-  """matmul_t (x · tableᵀ, either orientation) equals the einsum, forward, reverse and forward-mode."""
+@pytest.mark.parametrize("rows,vocab", [(3, 11), (30, 11), (260, 300)])
+def test_tied_head_product_matches_einsum_in_value_gradient_and_jvp(rows, vocab):
+  """matmul_t (x · tableᵀ, in each of nt_form's forms) equals the einsum, forward, reverse and forward-mode."""
   x = jax.random.normal(jax.random.PRNGKey(1), (rows, 6))
-  table = jax.random.normal(jax.random.PRNGKey(2), (11, 6))
+  table = jax.random.normal(jax.random.PRNGKey(2), (vocab, 6))
   ref = lambda x, t: jnp.einsum("rd,vd->rv", x, t)
   np.testing.assert_allclose(dense_lib.matmul_t(x, table), ref(x, table), rtol=1e-5, atol=1e-5)
-  w = jax.random.normal(jax.random.PRNGKey(3), (rows, 11))
+  w = jax.random.normal(jax.random.PRNGKey(3), (rows, vocab))
   loss = lambda f: lambda x, t: jnp.sum(jnp.sin(f(x, t)) * w)
   for a, b in zip(jax.grad(loss(dense_lib.matmul_t), argnums=(0, 1))(x, table), jax.grad(loss(ref), argnums=(0, 1))(x, table)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -90,28 +90,36 @@ def _matmul_jvp(primals, tangents):
 matmul.defjvp(_matmul_jvp, symbolic_zeros=True)
 
 
-def transposed_nt_product(rows: int, cols: int) -> bool:
-  """Returns whether `matmul_t` computes x · wᵀ as (w · xᵀ)ᵀ: on CPU, when rows < cols and rows <= 512.
+def nt_form(rows: int, cols: int) -> str:
+  """Returns how `matmul_t` computes x [rows, d] · w [cols, d]ᵀ here: "plain", "transposed" or "table_transposed".
 
-  XLA:CPU (Eigen) runs x [rows, d] · w [cols, d]ᵀ slowly when it has few rows: for a tied LM head
-  over a 32128-word vocabulary (d 256), 28 GFLOP/s with 256 rows against 47 for (w · xᵀ)ᵀ, and
-  1.5 against 10.5 GFLOP/s with 4 rows (batched decoding); at 1024 rows and more the plain product
-  is as fast or faster. Other backends keep the plain product (not measured there).
+  "transposed" is (w · xᵀ)ᵀ, "table_transposed" is x · (a copy of wᵀ). XLA:CPU (Eigen) runs the plain
+  product slowly when it has few rows: for a tied LM head over a 32128-word vocabulary (d 256), 28 GFLOP/s
+  with 256 rows against 47 for (w · xᵀ)ᵀ, and 1.5 against 10.5 GFLOP/s with 4 rows (batched decoding).
+  But XLA fuses the transpose of (w · xᵀ)ᵀ into its consumers, so the loss's exp over the vocabulary reads
+  the logits with a stride (52 ms in the T5-4l-256 step); from 256 rows copying the table transposed once
+  is faster (T5 step 922 -> 894 and 927 -> 896 ms, forward 324 -> 290 ms, in-process A/B). At 1024 rows
+  and more the plain product is as fast or faster. Other backends keep the plain product (not measured).
   """
-  return rows < cols and rows <= 512 and jax.default_backend() == "cpu"
+  if rows >= cols or rows > 512 or jax.default_backend() != "cpu":
+    return "plain"
+  return "transposed" if rows < 256 else "table_transposed"
 
 
 def _nt(x, w):
-  """Returns x [rows, d] · w [cols, d]ᵀ as [rows, cols], in the orientation `transposed_nt_product` picks."""
-  if transposed_nt_product(x.shape[0], w.shape[0]):
-    # The barrier keeps XLA from folding the transpose back into the dot.
+  """Returns x [rows, d] · w [cols, d]ᵀ as [rows, cols], in the form `nt_form` picks."""
+  form = nt_form(x.shape[0], w.shape[0])
+  # The barriers keep XLA from folding the transposes back into the dots.
+  if form == "transposed":
     return jax.lax.optimization_barrier(jax.lax.dot_general(w, x, (((1,), (1,)), ((), ())))).T
+  if form == "table_transposed":
+    return jax.lax.dot_general(x, jax.lax.optimization_barrier(w.T), (((1,), (0,)), ((), ())))
   return jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())))
 
 
 @jax.custom_jvp
 def matmul_t(x, w):
-  """Returns x [rows, d] · w [cols, d]ᵀ: [rows, cols] (the tied LM head; see `transposed_nt_product`)."""
+  """Returns x [rows, d] · w [cols, d]ᵀ: [rows, cols] (the tied LM head; see `nt_form`)."""
   return _nt(x, w)
 
 
