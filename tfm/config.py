@@ -56,7 +56,7 @@ class ModelConfig:
   qkv_bias: Optional[bool] = None      # biases on q, k, v only (Qwen2); None: use_bias
   norm_bias: Optional[bool] = None     # LayerNorm bias; None: True for layernorm
   scale_attention: bool = True         # multiply q·k by head_dim**-0.5 (T5: False)
-  sliding_window: Optional[int] = None  # attend only to the last `sliding_window` positions (Mistral)
+  sliding_window: Optional[int] = None  # decoder: attend to the last `sliding_window` positions (Mistral); encoder: to |q - k| < sliding_window
   # embeddings and output
   type_vocab_size: int = 0             # token-type rows (BERT: 2); 0 = none
   embed_scale: bool = False            # multiply token embeddings by sqrt(d_model) (Vaswani)

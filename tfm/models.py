@@ -61,7 +61,7 @@ class Tower(nn.Module):
     position_ids = position_ids.astype(jnp.int32)
     x = InputEmbedding(c, self.token_embed, name="embed")(input_ids, position_ids, token_type_ids, deterministic)
 
-    window = c.sliding_window if self.causal else None
+    window = c.sliding_window  # causal: the last `window` keys (Mistral); bidirectional: |q - k| < window (Longformer-style local attention)
     if decode:
       # Position held by every cache slot: [batch, max_len]; relative bias and windows read it.
       slot_pos = self.variable("cache", "positions", jnp.zeros, (batch, length), jnp.int32)

@@ -545,6 +545,9 @@ def architecture_of(c: ModelConfig, family: Optional[str] = None) -> str:
       family = "bart"
   if family not in FAMILIES:
     raise ValueError(f"unknown family {family!r}; known: {sorted(FAMILIES)}")
+  if c.sliding_window and (family != "mistral" or c.family != "decoder"):
+    raise ValueError(f"tfm config field 'sliding_window' ({c.sliding_window}) has no equivalent in Hugging Face's "
+                     f"{family!r} models of family {c.family!r}; only Mistral (a decoder) exports a window")
   head_kind = "cls" if c.num_labels else ("lm" if c.lm_head else "base")
   if family == "t5" and c.family == "encoder" and not c.num_labels:
     head_kind = "encoder"

@@ -1,5 +1,5 @@
 """The optimizer: AdamW with warm-up then cosine / linear / constant decay, global-norm clipping,
-and no weight decay on norms and biases (parameters with fewer than two dimensions)."""
+and weight decay on weight matrices and embedding tables only (never on norm scales or biases)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,26 @@ def learning_rate_schedule(o, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
+# Weight decay is decided by what a parameter is (its name), not by its rank: a query bias is
+# [heads, head_dim] and a scanned stack makes every norm scale [layers, embed].
+DECAYED = ("kernel", "embedding", "rel_embedding")  # projections, token / position / type / relative-bias tables
+NOT_DECAYED = ("bias", "scale")                      # dense, norm and LM-head biases; norm scales
+
+
+def _is_decayed(path, _) -> bool:
+  """Returns whether the parameter at `path` (a tree path ending in its name) gets weight decay."""
+  name = getattr(path[-1], "key", getattr(path[-1], "name", None))
+  if name in DECAYED:
+    return True
+  if name in NOT_DECAYED:
+    return False
+  raise ValueError(f"parameter {jax.tree_util.keystr(path)} has name {name!r}, which the optimizer does not "
+                   f"know: add it to DECAYED {DECAYED} or NOT_DECAYED {NOT_DECAYED} in tfm/train/optim.py")
+
+
 def decay_mask(params):
-  """Returns a tree of bools: True for weight matrices (decayed), False for norms, biases and scalars."""
-  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+  """Returns a tree of bools like `params`: True for kernels and embedding tables, False for biases and scales."""
+  return jax.tree_util.tree_map_with_path(_is_decayed, params)
 
 
 def make_optimizer(o, total_steps: int) -> optax.GradientTransformation:
