@@ -4,8 +4,8 @@
         --config.data.manual_dir=../shared/data/sst2
     # another family: --config.model=gpt2-tiny (decoder: last token) or t5-tiny (encoder-decoder)
     # start from a pretraining run or a Hugging Face directory: --config.init_from=DIR
-    # your own CSV: --config.data.name=csv --config.data.train=train.csv --config.data.validation=dev.csv
-    #               [--config.data.text_column=text --config.data.label_column=label]
+    # your own CSV: --config.data.name=csv --config.data.train_files=train.csv --config.data.validation_files=dev.csv
+    #               [--config.data.text_key=text --config.data.label_key=label --config.data.text_pair_key=...]
 
 Offline, SST-2 is prepared as a TFDS dataset from the GLUE TSVs in data.manual_dir (train.tsv,
 dev.tsv); online, TFDS downloads `glue/sst2`.
@@ -25,31 +25,22 @@ def get_config():
   c.model_overrides.max_len = 128
 
   d = c.data
-  d.name = "glue/sst2"               # TFDS name (glue/*, imdb_reviews, ag_news_subset) or csv | tsv | jsonl
-  d.train = ""                       # csv / tsv / jsonl: the training file
-  d.validation = ""                  # csv / tsv / jsonl: the validation file
-  d.test = ""                        # csv / tsv / jsonl: an optional test file
-  d.text_column = "text"             # column / feature of the text (TFDS glue: filled in per task)
-  d.text_b_column = ""               # second text of pair tasks ("" = single sentence)
-  d.label_column = "label"           # column / feature of the label (strings or integers)
-  d.balanced_sampling = False        # draw every class equally often in training batches
+  d.name = "glue/sst2"               # TFDS name (glue/*, imdb_reviews, ag_news_subset) or csv | tsv | jsonl files
   d.seq_len = 64                     # tokens per example (longer ones are truncated, and counted)
   d.tokenizer = "wordpiece"          # trained on the training split, saved in the workdir
-  d.vocab_size = 8192
+  d.vocab_size = 8192                # WordPiece vocabulary size
 
   t = c.train
-  t.steps = 2000
-  t.batch_size = 32
-  t.eval_every = 250
-  t.checkpoint_every = 250
-  t.log_every = 50
-  t.sample_tokens = 0
+  t.steps = 2000                     # optimizer steps
+  t.batch_size = 32                  # examples per step
+  t.eval_every = 250                 # evaluate every N steps (every validation example once)
+  t.checkpoint_every = 250           # checkpoint every N steps
+  t.log_every = 50                   # train metrics every N steps
+  t.sample_tokens = 0                # no generated sample (classifiers do not generate)
   t.best_metric = "accuracy"         # accuracy | macro_f1 | mcc | loss: picks the best checkpoint
-  t.early_stopping_patience = 0      # stop after this many evals without improvement (0 = never)
-  t.class_weights = "none"           # none | balanced (loss weights inverse to class frequency)
 
   o = c.optimizer
-  o.learning_rate = 1e-3
-  o.warmup_steps = 100
-  o.weight_decay = 0.01
+  o.learning_rate = 1e-3             # peak learning rate
+  o.warmup_steps = 100               # linear warm-up
+  o.weight_decay = 0.01              # AdamW decay on matrices
   return lock(c)

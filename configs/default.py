@@ -1,4 +1,4 @@
-"""The embedded default run: a small GPT on the text of Python's own help topics (no network).
+"""The embedded default run: a tiny Llama-style decoder (`llama-test`) on the text of Python's own help topics (no network).
 
     python train.py                      # same as: python train.py --config configs/default.py
     python train.py --workdir runs/default --config.train.steps=1000

@@ -199,7 +199,7 @@ def cmd_shardings() -> dict:
                   "report_params": list(mem["params"]), "report_opt": list(mem["opt_state"]),
                   "init_output_bytes": getattr(ma, "output_size_in_bytes", None),
                   "init_temp_bytes": getattr(ma, "temp_size_in_bytes", None),
-                  "report_head": report.splitlines()[:3], "report_tail": report.splitlines()[-4:]}
+                  "report_lines": report.splitlines()}
   # Scanned layers (nn.scan stacks them under a leading "layers" axis, never sharded): same specs
   # one axis later, and two steps on (2,2,2) equal one device.
   smodel, stask, stx = setup("decoder", scan_layers=True, num_layers=2)
@@ -221,7 +221,7 @@ def cmd_shardings() -> dict:
 
 def cmd_save(family: str, directory: str) -> dict:
   """Trains 2 steps on mesh (2,2,2), saves with tfm's CheckpointManager; returns the eval loss."""
-  from tfm.train.checkpoint import Checkpoints
+  from tfm.checkpoint import Checkpoints
   model, task, tx = setup(family)
   batches = make_batches(family, 2)
   _, _, state, shardings, mesh = run_mesh(model, tx, task, batches, (2, 2, 2))
@@ -236,7 +236,7 @@ def cmd_save(family: str, directory: str) -> dict:
 
 def cmd_restore(family: str, directory: str, shape) -> dict:
   """Restores the checkpoint onto `shape` (or one device: [1, 1, 1]); returns eval loss and specs."""
-  from tfm.train.checkpoint import Checkpoints
+  from tfm.checkpoint import Checkpoints
   model, task, tx = setup(family)
   devices = jax.devices()[:int(np.prod(shape))]
   mesh = par.make_mesh(*shape, devices=devices)

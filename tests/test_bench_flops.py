@@ -2,7 +2,9 @@
 
 XLA counts every floating-point op (2 per multiply-add in dots, plus norms, softmax, activations);
 the analytic formula counts only matmuls. The shapes below (width 256, MLP 1024, vocab 512) make
-the matmuls dominate, so the two must agree within 5 %; the remaining gap is the element-wise work.
+the matmuls dominate: XLA counts 0.4-1.1 % more (the element-wise work), never less. TOLERANCE is tight
+enough that a formula without its attention-score term (q kᵀ and probs·v, 4-5 % of these models, 2.1 %
+of the deepest-decoder T5) fails.
 """
 
 import jax
@@ -24,6 +26,7 @@ CASES = {
     "encoder_decoder_untied_gated": ("t5-v1_1-small", dict(SMALL, num_decoder_layers=3), 48, 16),
 }
 BATCH = 2
+TOLERANCE = 0.015  # XLA / analytic - 1 must lie in [0, TOLERANCE)
 
 
 def _inputs(config, seq_len, tgt_len):
@@ -54,7 +57,7 @@ def test_forward_flops_match_xla_cost_analysis(case):
   params = _abstract_params(model, ids, kw)
   xla = _xla_flops(lambda p, i, k: model.apply({"params": p}, i, **k), params, ids, kw)
   analytic = model_flops(config, BATCH, seq_len, tgt_len).forward
-  assert abs(xla / analytic - 1) < 0.05, (case, xla, analytic)
+  assert abs(xla / analytic - 1) < TOLERANCE, (case, xla, analytic)
   # the analytic count is of matmuls only, so XLA (which also counts element-wise ops) is never below it
   assert xla >= analytic * 0.999, (case, xla, analytic)
 
@@ -72,7 +75,7 @@ def test_training_step_flops_are_three_forwards():
     return optax.softmax_cross_entropy_with_integer_labels(logits, i).mean()
   xla = _xla_flops(jax.grad(loss), params, ids)
   analytic = model_flops(config, BATCH, seq_len).train
-  assert abs(xla / analytic - 1) < 0.05, (xla, analytic)
+  assert analytic * 0.999 <= xla < analytic * (1 + TOLERANCE), (xla, analytic)
 
 
 def test_known_shapes_match_the_pytorch_baseline_convention():

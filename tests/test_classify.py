@@ -69,8 +69,8 @@ def sst2_run(sst2_small, tmp_path_factory):
   """A tiny encoder fine-tuned on 800 SST-2 sentences (dev accuracy 0.66-0.67 over seeds 0-2 here)."""
   tmp = tmp_path_factory.mktemp("sst2_run")
   train, dev = sst2_small
-  c = sst2_config(tmp, **{"data.name": "csv", "data.train": train, "data.validation": dev, "train.steps": 300,
-                          "train.eval_every": 100, "train.checkpoint_every": 100,
+  c = sst2_config(tmp, **{"data.name": "csv", "data.train_files": train, "data.validation_files": dev,
+                          "train.steps": 300, "train.eval_every": 100, "train.checkpoint_every": 100,
                           "optimizer.learning_rate": 1e-3})
   summary = train_and_evaluate(c, str(tmp / "w"), log=lambda *_: None)
   return summary, str(tmp / "w"), dev
@@ -132,8 +132,8 @@ def _three_class_csv(path, n, seed, labels=("cold", "mild", "hot")):
 def test_csv_string_labels_three_classes_other_families(tmp_path, model):
   train = _three_class_csv(tmp_path / "train.csv", 300, 0)
   dev = _three_class_csv(tmp_path / "dev.csv", 60, 1)
-  over = {"model": model, "data.name": "csv", "data.train": train, "data.validation": dev,
-          "data.text_column": "sentence", "data.label_column": "weather", "data.tokenizer": "byte",
+  over = {"model": model, "data.name": "csv", "data.train_files": train, "data.validation_files": dev,
+          "data.text_key": "sentence", "data.label_key": "weather", "data.tokenizer": "byte",
           "train.steps": 60, "train.eval_every": 30, "train.checkpoint_every": 30, "optimizer.learning_rate": 3e-3}
   if model == "t5-tiny":
     over["model_overrides.head_dim"] = 16
@@ -164,7 +164,7 @@ def test_init_from_hugging_face_bert_directory(tmp_path, sst2_small):
   transformers.BertForMaskedLM(cfg).save_pretrained(hf_dir)
   tok.save(str(hf_dir / "tokenizer.json"))
   logs = []
-  c = sst2_config(tmp_path, **{"data.name": "csv", "data.train": train, "data.validation": dev,
+  c = sst2_config(tmp_path, **{"data.name": "csv", "data.train_files": train, "data.validation_files": dev,
                                "init_from": str(hf_dir), "train.steps": 10, "train.eval_every": 10,
                                "model_overrides.num_layers": None, "model_overrides.d_model": None,
                                "model_overrides.num_heads": None, "model_overrides.d_ff": None,
@@ -175,13 +175,13 @@ def test_init_from_hugging_face_bert_directory(tmp_path, sst2_small):
   assert new_params and "classifier" in new_params[0] and "encoder" not in new_params[0]
 
 
-@pytest.mark.parametrize("case", ["missing_label_column", "unseen_label", "empty_file"])
+@pytest.mark.parametrize("case", ["missing_label_key", "unseen_label", "empty_file"])
 def test_bad_input_names_file_and_row(tmp_path, case):
   train = _write_csv(tmp_path / "train.csv", [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}],
                      ["text", "label"])
-  if case == "missing_label_column":
+  if case == "missing_label_key":
     train = _write_csv(tmp_path / "train.csv", [{"text": "good", "stars": "5"}], ["text", "stars"])
-    dev, match = train, r"train\.csv, row 2: missing field\(s\) \['label'\]"
+    dev, match = train, r"data\.label_key='label' is not a column of .*train\.csv; its columns are \['text', 'stars'\]"
   elif case == "unseen_label":
     dev = _write_csv(tmp_path / "dev.csv", [{"text": "ok", "label": "pos"}, {"text": "meh", "label": "neutral"}],
                      ["text", "label"])
@@ -190,6 +190,6 @@ def test_bad_input_names_file_and_row(tmp_path, case):
     dev = str(tmp_path / "dev.csv")
     open(dev, "w").close()
     match = r"dev\.csv' has no rows"
-  c = sst2_config(tmp_path, **{"data.name": "csv", "data.train": train, "data.validation": dev})
+  c = sst2_config(tmp_path, **{"data.name": "csv", "data.train_files": train, "data.validation_files": dev})
   with pytest.raises(ValueError, match=match):
     train_and_evaluate(c, str(tmp_path / "w"), log=lambda *_: None)

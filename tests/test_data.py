@@ -1,4 +1,4 @@
-"""Data: tokenizers, TFDS sources (pydoc_topics, local files, tiny_shakespeare offline), packing, objectives."""
+"""Data: tokenizers, TFDS sources (pydoc_topics, local files, tiny_shakespeare offline), packing, batches."""
 
 import json
 import os
@@ -8,9 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from tfm.data import pipeline, sources
+from tfm.data import batches, pipeline, sources
 from tfm.data.tokenizers import ByteTokenizer, CharTokenizer, build_tokenizer, load_tokenizer, save_tokenizer
-from tfm.train import objectives
 from tfm.train.defaults import base_config
 
 SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tiny_shakespeare")
@@ -24,6 +23,10 @@ def data_cfg(tmp_path, **kw):
   for k, v in kw.items():
     d[k] = v
   return d
+
+
+TEXT = {"data.text_key": "text"}
+PAIRS = {"data.input_key": "input", "data.target_key": "target"}
 
 
 # Tokenizers -------------------------------------------------------------------------------------
@@ -70,8 +73,8 @@ def test_unknown_tokenizer_kind_names_allowed_values():
 def test_pydoc_topics_is_a_tfds_dataset(tmp_path):
   from pydoc_data.topics import topics
   d = data_cfg(tmp_path)
-  train = sources.load_split(d, "train", "lm")
-  val = sources.load_split(d, "validation", "lm")
+  train = sources.load_split(d, "train", TEXT)
+  val = sources.load_split(d, "validation", TEXT)
   assert len(train) + len(val) == len(topics)
   assert len(val) == (len(topics) + 9) // 10
   assert sorted(r["text"] for r in train + val) == sorted(topics.values())
@@ -81,8 +84,8 @@ def test_pydoc_topics_is_a_tfds_dataset(tmp_path):
 def test_tiny_shakespeare_prepares_offline_from_manual_dir(tmp_path, monkeypatch):
   _no_network(monkeypatch)
   d = data_cfg(tmp_path, name="tiny_shakespeare", manual_dir=SHAKESPEARE)
-  train = sources.load_split(d, "train", "lm")
-  val = sources.load_split(d, "validation", "lm")
+  train = sources.load_split(d, "train", TEXT)
+  val = sources.load_split(d, "validation", TEXT)
   assert len(train) == 1 and len(train[0]["text"]) == 1_003_854  # TFDS's 90 / 5 / 5 split (DATA.md)
   assert len(val[0]["text"]) == 55_770
   with open(os.path.join(SHAKESPEARE, "input.txt")) as f:
@@ -100,14 +103,15 @@ def test_missing_dataset_fails_fast_with_instructions(tmp_path, monkeypatch):
   _no_network(monkeypatch)
   d = data_cfg(tmp_path, name="lm1b")
   t0 = time.time()
-  with pytest.raises(sources.DataUnavailableError, match="needs a download.*manual_dir.*local_files"):
-    sources.load_split(d, "train", "lm")
+  match = r"needs a download.*manual_dir.*data\.name=text\|csv\|tsv\|jsonl"
+  with pytest.raises(sources.DataUnavailableError, match=match):
+    sources.load_split(d, "train", TEXT)
   assert time.time() - t0 < 30  # not the ~200 s of retries
 
 
 def test_unknown_dataset_name_is_an_error(tmp_path):
   with pytest.raises(ValueError, match="not a TFDS dataset"):
-    sources.load_split(data_cfg(tmp_path, name="no_such_dataset_xyz"), "train", "lm")
+    sources.load_split(data_cfg(tmp_path, name="no_such_dataset_xyz"), "train", TEXT)
 
 
 @pytest.mark.parametrize("fmt", ["text", "csv", "tsv", "jsonl"])
@@ -122,28 +126,41 @@ def test_local_files_become_a_tfds_dataset(fmt, tmp_path):
     path.write_text("input\ttarget\n" + "".join(f"{r['input']}\t{r['target']}\n" for r in rows))
   else:
     path.write_text("input,target\n" + "".join(f"\"{r['input']}\",{r['target']}\n" for r in rows))
-  d = data_cfg(tmp_path, name="local_files", train_files=str(path))
-  task = "lm" if fmt == "text" else "seq2seq"
-  got = sources.load_split(d, "train", task)
+  d = data_cfg(tmp_path, name=fmt, train_files=str(path))
+  keys = sources.key_fields(d, "stream" if fmt == "text" else "pairs")
+  got = sources.load_split(d, "train", keys)
   if fmt == "text":
     assert got == [{"text": "line one\nline two\n"}]
   else:
     assert sorted(got, key=lambda r: r["input"]) == rows
-  assert not sources.has_split(d, "validation", task)
+  assert not sources.has_split(d, "validation")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_local_file_without_the_named_column_names_the_field_and_the_columns(fmt, tmp_path):
+  path = tmp_path / f"data.{fmt}"
+  if fmt == "csv":
+    path.write_text("question,answer\nq,a\n")
+  else:
+    path.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+  d = data_cfg(tmp_path, name=fmt, train_files=str(path), input_key="question")
+  with pytest.raises(ValueError, match=r"data\.target_key='target' is not a column of .*data\.%s; its columns are "
+                                       r"\['question', 'answer'\]" % fmt):
+    sources.load_split(d, "train", sources.key_fields(d, "pairs"))
 
 
 def test_local_file_with_missing_column_names_file_and_row(tmp_path):
   path = tmp_path / "bad.tsv"
   path.write_text("input\ttarget\na\tb\nonly_one_field\n")
-  d = data_cfg(tmp_path, name="local_files", train_files=str(path))
+  d = data_cfg(tmp_path, name="tsv", train_files=str(path))
   with pytest.raises(Exception, match=r"bad.tsv, row 3: missing field"):
-    sources.load_split(d, "train", "seq2seq")
+    sources.load_split(d, "train", PAIRS)
 
 
 def test_local_files_glob_without_match_is_an_error(tmp_path):
-  d = data_cfg(tmp_path, name="local_files", train_files=str(tmp_path / "nothing*.txt"))
-  with pytest.raises(FileNotFoundError, match="nothing"):
-    sources.load_split(d, "train", "lm")
+  d = data_cfg(tmp_path, name="text", train_files=str(tmp_path / "nothing*.txt"))
+  with pytest.raises(FileNotFoundError, match="data.train_files: no file matches .*nothing"):
+    sources.load_split(d, "train", TEXT)
 
 
 # Packing and batches ----------------------------------------------------------------------------
@@ -155,7 +172,7 @@ def test_stream_packs_documents_with_eos_and_segments():
   np.testing.assert_array_equal(s.segments, [0, 0, 0, 1, 1, 1, 1])
   ids, segs = pipeline.windows(s, np.array([1, 0]), 4)
   np.testing.assert_array_equal(segs, [[1, 1, 2, 2], [1, 1, 1, 2]])
-  batch = objectives.lm_batch(ids, segs, tok, None)
+  batch = batches.lm_batch(ids, segs, tok, None)
   np.testing.assert_array_equal(batch["weights"], [[1, 0, 1], [1, 1, 0]])  # no prediction across documents
 
 
@@ -179,7 +196,7 @@ def test_mlm_masking_rates():
   rng = np.random.default_rng(0)
   ids = rng.integers(tok.num_specials, tok.vocab_size, size=(64, 256)).astype(np.int32)
   segs = np.ones_like(ids)
-  b = objectives.mlm_batch(ids, segs, tok, np.random.default_rng(1))
+  b = batches.mlm_batch(ids, segs, tok, np.random.default_rng(1))
   chosen = b["weights"] > 0
   assert chosen.sum(axis=1).tolist() == [round(0.15 * 256)] * 64  # exactly 15 % per row
   masked = (b["inputs"] == tok.mask_id) & chosen
@@ -194,11 +211,11 @@ def test_mlm_masking_rates():
 
 
 def test_span_corruption_is_invertible_and_has_t5_statistics():
-  tok = ByteTokenizer(num_sentinels=objectives.span_lengths(128)[1])
+  tok = ByteTokenizer(num_sentinels=batches.span_lengths(128)[1])
   rng = np.random.default_rng(0)
   ids = rng.integers(tok.num_specials, tok.vocab_size, size=(32, 128)).astype(np.int32)
-  b = objectives.span_batch(ids, np.ones_like(ids), tok, np.random.default_rng(1))
-  in_len, tgt_len = objectives.span_shapes(128)
+  b = batches.span_batch(ids, np.ones_like(ids), tok, np.random.default_rng(1))
+  in_len, tgt_len = batches.span_shapes(128)
   assert b["inputs"].shape == (32, in_len) and b["targets"].shape == (32, tgt_len)
   sent = set(tok.sentinel_ids.tolist())
   for row in range(32):

@@ -1,4 +1,7 @@
-"""python -m tfm.generate on an imported Hugging Face directory: batch output and streaming."""
+"""python -m tfm.generate on an imported Hugging Face directory: batch output and streaming.
+
+(A training run read by the same command: tests/test_convert_cli.py.)
+"""
 
 import numpy as np
 import pytest
@@ -33,9 +36,11 @@ def test_cli_prints_prompt_and_greedy_continuation(hf_dir, capsys):
   assert main(["--from-hf", d, "--prompt", "the cat", "--prompt", "a dog ran", "--max-new-tokens", "5",
                "--ignore-eos"]) == 0
   lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("---")]
+  prompts = ["the cat", "a dog ran"]
+  assert len(lines) == len(prompts), lines  # one line per prompt, nothing missing
   config, params = tfm.from_pretrained(d)
   model = tfm.build(config)
-  for line, prompt in zip(lines, ["the cat", "a dog ran"]):
+  for line, prompt in zip(lines, prompts):
     ids = np.array([tok.encode(prompt).ids])
     want = tok.decode(np.asarray(tfm.generate(model, params, ids, max_new_tokens=5))[0].tolist())
     assert line == prompt + want

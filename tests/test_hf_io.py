@@ -1,6 +1,6 @@
 """Checkpoint files and the converter: bad inputs give clear errors and write nothing; formats agree.
 
-Covers: missing weights, unknown architecture, truncated safetensors, wrong shapes, unmapped
+Covers: missing weights, unknown architecture, truncated or garbage safetensors, wrong shapes, unmapped
 tensors, offline hub ids, pytorch_model.bin and sharded safetensors, scan_layers, configs that
 have no HF equivalent, and `python -m tfm.convert` both ways (orbax checkpoint in the middle).
 """
@@ -25,7 +25,7 @@ from tfm import convert  # noqa: E402
 from tfm.hf import CheckpointError  # noqa: E402
 from tfm.hf.api import param_shapes  # noqa: E402
 from tfm.hf.rules import unflatten  # noqa: E402
-from tfm.hf.checkpoint import load_params, save_params  # noqa: E402
+from tfm.checkpoint import load_params, save_params  # noqa: E402
 
 IDS = np.array([[5, 9, 13, 2, 40, 7, 7, 1], [3, 8, 21, 30, 4, 0, 0, 0]])
 MASK = (IDS > 0).astype(np.int32) | np.array([[1] * 8, [1] * 5 + [0] * 3])
@@ -93,17 +93,20 @@ def test_unknown_architecture_lists_supported(gpt2_dir, tmp_path):
     tfm.from_pretrained(src)
 
 
-def test_truncated_safetensors(gpt2_dir, tmp_path):
+def test_truncated_or_garbage_safetensors_name_the_file(gpt2_dir, tmp_path):
   src = _copy(gpt2_dir, tmp_path / "src")
   path = os.path.join(src, "model.safetensors")
   data = open(path, "rb").read()
-  open(path, "wb").write(data[: len(data) // 2])
-  with pytest.raises(CheckpointError, match="truncated safetensors file"):
-    tfm.from_pretrained(src)
+  bad = {"truncated": data[: len(data) // 2], "header only": data[:5],
+         "garbage": bytes(range(256)) * 64, "empty": b""}
+  for what, content in bad.items():
+    open(path, "wb").write(content)
+    with pytest.raises(CheckpointError) as e:
+      tfm.from_pretrained(src)
+    message = str(e.value)
+    assert message.startswith(f"{path}: truncated or corrupt safetensors file ({len(content)} bytes): "), what
+    assert "\n" not in message, what
   _convert_writes_nothing(src, tmp_path / "out")
-  open(path, "wb").write(data[:5])
-  with pytest.raises(CheckpointError, match="not a safetensors file"):
-    tfm.from_pretrained(src)
 
 
 def test_shape_mismatch_names_parameter_and_shapes(gpt2_dir, tmp_path):
@@ -247,7 +250,7 @@ def test_convert_cli_round_trip_through_orbax(gpt2_dir, tmp_path):
   ckpt = tmp_path / "ckpt"
   assert convert.main(["--from-hf", src, "--out", str(ckpt)]) == 0
   assert sorted(os.listdir(ckpt)) == ["config.json", "params", "tokenizer.json"]
-  assert tfm.load_tokenizer(str(ckpt)).encode("hello tfm").ids == tok.encode("hello tfm").ids
+  assert tfm.load_tokenizer(str(ckpt)).encode("hello tfm").tolist() == tok.encode("hello tfm").ids
   config, params = load_params(str(ckpt))
   ref_config, ref_params = tfm.from_pretrained(gpt2_dir)
   assert config == ref_config

@@ -130,8 +130,18 @@ def test_shardings_are_real_and_fsdp_saves_memory():
   assert f["init_output_bytes"] <= 0.30 * f["full_bytes"]
   assert f["init_temp_bytes"] < f["report_params"][0]
   assert f["init_output_bytes"] + f["init_temp_bytes"] <= 0.5 * f["full_bytes"]
-  assert "params/token_embed/embedding" in "\n".join(f["report_head"]) or f["report_head"]
-  assert f["report_tail"][-1].startswith("total:")
+  # The printed report: the mesh, a row per array (path, shape, spec, per-device shape), the byte totals.
+  lines = f["report_lines"]
+  assert lines[0] == "mesh {'data': 2, 'fsdp': 4, 'tensor': 1} over 8 devices"
+  assert lines[1].split() == ["array", "shape", "sharding", "per", "device"]
+  rows = {l.split()[0]: l.split(None, 1)[1] for l in lines[2:] if not l.split()[0].endswith(":")}
+  vocab, embed = m["emb_shape"]
+  emb_row = f"({vocab},{embed})('tensor','fsdp')({vocab},{embed // 4})"  # fsdp = 4 splits embed; tensor = 1
+  assert rows["params/token_embed/embedding"].replace(" ", "") == emb_row
+  assert rows["opt_state/1/0/mu/token_embed/embedding"] == rows["params/token_embed/embedding"]
+  full, per = f["report_total"]
+  assert lines[-1] == (f"total: {full / 2**20:.3f} MiB unsharded, {per / 2**20:.3f} MiB per device "
+                       f"({100 * per / full:.1f} %)")
   sc = out["scan"]
   assert sc["wi_shape"] == [2, 64, 256] and sc["wi_spec"] == [None, "fsdp", "tensor"]
   assert sc["loss"] <= 1e-5 and sc["params"] <= 1e-5, sc

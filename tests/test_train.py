@@ -15,6 +15,7 @@ import pytest
 
 import tfm
 from tfm import hostmem
+from tfm.data.batches import lm_batch
 from tfm.data.tokenizers import ByteTokenizer
 from tfm.train import objectives, train_and_evaluate
 from tfm.train.defaults import base_config
@@ -60,7 +61,7 @@ def _lm_setup(micro_batches=1, lr=3e-3):
   tok = ByteTokenizer()
   text = "It is a truth universally acknowledged, that a single man in possession of a good fortune "
   ids = tok.encode(text * 3)[: 4 * 33].reshape(4, 33)
-  batch = objectives.lm_batch(ids, np.ones_like(ids), tok, None)
+  batch = lm_batch(ids, np.ones_like(ids), tok, None)
   tx = make_optimizer(c.optimizer, 1000)
   params = jax.tree_util.tree_map(jnp.asarray, tfm.models.nn.meta.unbox(init_params(model, batch, jax.random.PRNGKey(0))))
   state = create_train_state(params, tx, jax.random.PRNGKey(1))
@@ -156,7 +157,7 @@ def test_seq2seq_run_on_local_tsv(tmp_path):
   path = tmp_path / "pairs.tsv"
   path.write_text("input\ttarget\n" + "".join(f"{a}\t{b}\n" for a, b in rows))
   c = tiny_config(tmp_path, "seq2seq")
-  c.data.name = "local_files"
+  c.data.name = "tsv"
   c.data.train_files = str(path)
   c.data.validation_fraction = 0.2
   summary = train_and_evaluate(c, str(tmp_path / "run"))
@@ -204,8 +205,8 @@ def _final_params(wd):
 
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  full = tmp_path / "full"  # also shows that malloc's huge pages (on by default where they apply) change no bit
-  subprocess.run(_cmd(full, tmp_path, "--nohuge_pages"), check=True, env=env, capture_output=True)
+  full = tmp_path / "full"  # also shows that malloc's huge pages (opted in here, where they apply) change no bit
+  subprocess.run(_cmd(full, tmp_path, "--huge_pages"), check=True, env=env, capture_output=True)
   killed = tmp_path / "killed"
   proc = subprocess.Popen(_cmd(killed, tmp_path), env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -225,9 +226,9 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   assert sa == sb == 24
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     assert np.array_equal(np.asarray(x), np.asarray(y))  # bitwise
-  assert json.load(open(full / "summary.json"))["huge_pages"] == "off (TFM_HUGE_PAGES=0)"
-  possible = hostmem.huge_pages_state({}) == "off (not requested)"  # Linux, glibc >= 2.35, THP not "never"
-  assert json.load(open(killed / "summary.json"))["huge_pages"] == ("on" if possible else hostmem.huge_pages_state({}))
+  reason = hostmem.unavailable()  # None on Linux with glibc >= 2.35 and THP not "never"
+  assert json.load(open(full / "summary.json"))["huge_pages"] == ("on" if reason is None else f"off ({reason})")
+  assert json.load(open(killed / "summary.json"))["huge_pages"] == "off (not requested)"
   ma = [json.loads(l) for l in open(full / "metrics.jsonl")]
   mb = [json.loads(l) for l in open(killed / "metrics.jsonl")]
   assert [r["step"] for r in ma] == [r["step"] for r in mb]
@@ -322,7 +323,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path)
 
 
 def test_init_from_a_params_directory(tmp_path):
-  from tfm.hf.checkpoint import save_params
+  from tfm.checkpoint import save_params
   a = train_and_evaluate(tiny_config(tmp_path, steps=6, eval_every=6), str(tmp_path / "a"))
   with open(tmp_path / "a" / "config.json") as f:
     mc = tfm.ModelConfig(**json.load(f)["model_config"])
@@ -343,7 +344,7 @@ def test_bfloat16_compute_keeps_float32_params():
   model = tfm.build(tfm.get_config("gpt2-tiny", num_layers=1, d_model=64, d_ff=128, dtype="bfloat16"))
   tok = ByteTokenizer()
   ids = tok.encode("mixed precision: bfloat16 matmuls, float32 params, softmax and norms " * 2)[:2 * 33].reshape(2, 33)
-  batch = objectives.lm_batch(ids, np.ones_like(ids), tok, None)
+  batch = lm_batch(ids, np.ones_like(ids), tok, None)
   tx = make_optimizer(c.optimizer, 100)
   params = tfm.models.nn.meta.unbox(init_params(model, batch, jax.random.PRNGKey(0)))
   state = create_train_state(params, tx, jax.random.PRNGKey(1))

@@ -33,7 +33,7 @@ def test_adamw_zero_gradient_step_decays_no_norm_or_bias(preset, scan):
   params = _params(preset, scan)
   tx = make_optimizer(o, total_steps=10)
   zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-  updates, _ = tx.update(zeros, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
   new = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
   kept, decayed = [], []
   for (path, p), q in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(new)):

@@ -15,7 +15,7 @@ with the KV cache in the "cache" collection; see `init_cache`).
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping
 
 import flax.linen as nn
 import jax
@@ -24,9 +24,8 @@ import jax.numpy as jnp
 from tfm import attention as core
 from tfm.config import ModelConfig
 from tfm.layers.block import Stack
-from tfm.layers.embeddings import Embed, InputEmbedding
-from tfm.layers.heads import ClassifierHead, LMHead, Pooler, pool
-from tfm.layers.positions import RelativePositionBias, alibi_bias, positions_from_segments
+from tfm.layers.embeddings import (ClassifierHead, Embed, InputEmbedding, LMHead, Pooler, RelativePositionBias,
+                                   alibi_bias, pool, positions_from_segments)
 
 
 class Tower(nn.Module):

@@ -3,8 +3,9 @@
     python -m tfm.predict --workdir runs/sst2 --input texts.txt            # one text per line
     python -m tfm.predict --workdir runs/sst2 --input reviews.csv --output preds.csv
 
-Reads WORKDIR/config.json, labels.json, tokenizer.json and the best checkpoint (WORKDIR/best; the
-newest of WORKDIR/checkpoints with --checkpoint latest). Input: a .txt file (one text per line) or
+Reads the run with tfm.checkpoint.resolve_model (WORKDIR/config.json, tokenizer.json and the best
+checkpoint, WORKDIR/best; the newest of WORKDIR/checkpoints with --checkpoint latest) and its
+labels.json. Input: a .txt file (one text per line) or
 a CSV / TSV / JSONL file with the run's text column (and second text column for pair tasks).
 Output (JSONL, or CSV when --output ends in .csv): the text, the predicted label and the
 probability of every label.
@@ -22,9 +23,10 @@ import jax
 import numpy as np
 
 import tfm
+from tfm.checkpoint import resolve_model
 from tfm.data import sources
-from tfm.train.checkpoint import run_model_config, run_params
-from tfm.train.classify import classify_logits, encode_examples, make_encoder
+from tfm.data.pipeline import encode_examples
+from tfm.train.objectives import classify_logits
 
 
 def _read_inputs(path: str, text_column: str, text_b_column: str):
@@ -45,26 +47,25 @@ def _read_inputs(path: str, text_column: str, text_b_column: str):
   return texts, texts_b
 
 
-def _load_tokenizer(workdir: str, kind: str):
-  path = os.path.join(workdir, "tokenizer.json")
-  if kind == "hf":
-    from tokenizers import Tokenizer
-    return Tokenizer.from_file(path)
-  from tfm.data.tokenizers import load_tokenizer
-  return load_tokenizer(path)
+def _labels(workdir: str) -> dict:
+  """Returns the run's labels.json (label names, text columns, seq_len)."""
+  path = os.path.join(workdir, "labels.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: --workdir must be a classification run (what train.py writes)")
+  with open(path) as f:
+    return json.load(f)
 
 
 def predict(workdir: str, texts, texts_b=None, *, checkpoint: str = "best", batch_size: int = 64):
   """Returns (label names, [n, num_labels] probabilities) of the texts under the run in `workdir`."""
-  mc = run_model_config(workdir)
-  with open(os.path.join(workdir, "labels.json")) as f:
-    meta = json.load(f)
-  if not mc.num_labels:
+  meta = _labels(workdir)
+  run = resolve_model(workdir, checkpoint)
+  if not run.config.num_labels:
     raise ValueError(f"{workdir} is not a classification run (its model has no num_labels)")
-  model = tfm.build(mc)
-  params, _ = run_params(workdir, checkpoint)
-  encoder = make_encoder(_load_tokenizer(workdir, meta.get("tokenizer", "tfm")))
-  inputs, _, _ = encode_examples(encoder, texts, texts_b, int(meta["seq_len"]))
+  if run.tokenizer is None:
+    raise FileNotFoundError(f"{workdir} has no tokenizer.json")
+  model, params = tfm.build(run.config), run.params
+  inputs, _, _ = encode_examples(run.tokenizer, texts, texts_b, int(meta["seq_len"]))
   fwd = jax.jit(lambda p, b: jax.nn.softmax(classify_logits(model, p, b).astype(np.float32), -1))
   n = len(texts)
   probs = []
@@ -83,9 +84,8 @@ def main(argv=None) -> int:
   ap.add_argument("--checkpoint", default="best", choices=("best", "latest"))
   ap.add_argument("--batch-size", type=int, default=64)
   args = ap.parse_args(argv)
-  with open(os.path.join(args.workdir, "labels.json")) as f:
-    meta = json.load(f)
-  texts, texts_b = _read_inputs(args.input, meta.get("text_column", "text"), meta.get("text_b_column", ""))
+  meta = _labels(args.workdir)
+  texts, texts_b = _read_inputs(args.input, meta.get("text_key", "text"), meta.get("text_pair_key", ""))
   names, probs = predict(args.workdir, texts, texts_b, checkpoint=args.checkpoint, batch_size=args.batch_size)
   out = args.output or os.path.splitext(args.input)[0] + ".predictions.jsonl"
   rows = [{"text": t, "label": names[int(np.argmax(p))], **{f"p_{n}": float(x) for n, x in zip(names, p)}}

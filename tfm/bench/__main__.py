@@ -51,7 +51,8 @@ def _add_variant_args(p: argparse.ArgumentParser, models_default: str):
   p.add_argument("--iters", type=int, default=5, help="timed steps (the median is reported)")
   p.add_argument("--out", default="bench_out", help="output folder for results.{csv,json} and plots")
   p.add_argument("--no-cpu-flags", action="store_true", help="do not add the CPU XLA flags (see CPU_XLA_FLAGS)")
-  p.add_argument("--no-huge-pages", action="store_true", help="keep glibc's default malloc (see tfm/hostmem.py)")
+  p.add_argument("--huge-pages", action="store_true",
+                 help="restart once with transparent huge pages for malloc (tfm/hostmem.py; or TFM_HUGE_PAGES=1)")
 
 
 def main(argv=None) -> int:
@@ -66,8 +67,8 @@ def main(argv=None) -> int:
   _add_variant_args(tp, "gpt-nano,gpt2-small,bert-cls-4l-256,t5-4l-256")
   tp.add_argument("--rounds", type=int, default=1, help="alternate tfm and PyTorch this many times per model")
   tp.add_argument("--no-nanogpt", action="store_true", help="skip the hand-written PyTorch GPT")
-  tp.add_argument("--torch-huge-pages", action="store_true",
-                  help="let the PyTorch steps use malloc's huge pages too (by default paused for them: slower)")
+  tp.add_argument("--pause-torch-huge-pages", action="store_true",
+                  help="with huge pages on, pause them during the PyTorch steps (measured slower with them)")
   qp = sub.add_parser("quality", help="train variants on the same data and seed, compare eval loss")
   qp.add_argument("--config", default="configs/gpt_shakespeare_char.py", help="training config file (tfm.train)")
   qp.add_argument("--vary", action="append", default=[],
@@ -78,10 +79,10 @@ def main(argv=None) -> int:
                   help="equal-FLOPs budget: each variant trains for budget / (train FLOPs per step) steps")
   qp.add_argument("--out", default="bench_quality", help="output folder")
   qp.add_argument("--no-cpu-flags", action="store_true")
-  qp.add_argument("--no-huge-pages", action="store_true")
+  qp.add_argument("--huge-pages", action="store_true", help="as for speed")
   args = parser.parse_args(argv)
-  # From the command line (argv None) this may restart the process once, same arguments: see tfm/hostmem.py.
-  huge_pages = use_huge_pages(not args.no_huge_pages) if argv is None else huge_pages_state()
+  # From the command line (argv None), if asked for, this restarts the process once: see tfm/hostmem.py.
+  huge_pages = use_huge_pages(args.huge_pages) if argv is None else huge_pages_state()
   xla_flags = set_xla_flags(not args.no_cpu_flags)
 
   if args.command == "quality":
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
   else:
     from tfm.bench.torch_ref import TORCH_COLUMNS, run_torch  # noqa: PLC0415
     records = run_torch(variants, warmup=args.warmup, iters=args.iters, rounds=args.rounds,
-                        nanogpt=not args.no_nanogpt, torch_huge_pages=args.torch_huge_pages)
+                        nanogpt=not args.no_nanogpt, pause_torch_huge_pages=args.pause_torch_huge_pages)
     columns = TORCH_COLUMNS
     stem = "torch_results"
   for r in records:

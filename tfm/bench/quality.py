@@ -89,7 +89,7 @@ def parse_vary(items: list[str]) -> list[tuple[str, list[Any]]]:
 def _lengths(config, task_name: str) -> tuple[int, Optional[int]]:
   seq = config.data.seq_len
   if task_name == "span":
-    from tfm.train.objectives import span_shapes  # noqa: PLC0415
+    from tfm.data.batches import span_shapes  # noqa: PLC0415
     return span_shapes(seq)
   if task_name == "seq2seq":
     return seq, config.data.target_len

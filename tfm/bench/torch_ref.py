@@ -227,14 +227,15 @@ class TorchPeak:
 
 
 def run_torch(variants: list[Variant], warmup: int = 2, iters: int = 5, rounds: int = 1,
-              nanogpt: bool = True, verbose: bool = True, torch_huge_pages: bool = False) -> list[dict]:
+              nanogpt: bool = True, verbose: bool = True, pause_torch_huge_pages: bool = False) -> list[dict]:
   """Returns records for tfm and its PyTorch counterparts per variant, with `tfm_over_torch` on the tfm record.
 
-  Unless `torch_huge_pages`, the PyTorch steps run with transparent huge pages paused
-  (`tfm.hostmem.huge_pages_paused`): PyTorch measured slower with malloc's huge pages, tfm faster.
+  Both frameworks run in the same malloc environment, unless `pause_torch_huge_pages` and huge pages are on:
+  then the PyTorch steps run with them paused (`tfm.hostmem.huge_pages_paused`), as PyTorch measured slower with
+  malloc's huge pages and tfm faster.
   """
   torch = _torch()
-  pause = not torch_huge_pages and hostmem.huge_pages_state() == "on"
+  pause = pause_torch_huge_pages and hostmem.huge_pages_state() == "on"
   torch_huge = "off (paused while PyTorch runs)" if pause else hostmem.huge_pages_state()
   torch.manual_seed(0)
   jax_peak = dev.MatmulPeak()

@@ -1,23 +1,41 @@
-"""One object per run that turns a data config + task into deterministic train and eval batches."""
+"""One object per run that turns a data config + task into deterministic train and eval batches.
+
+- `RunData`: packed token streams (lm, mlm, span) or padded (input, target) pairs (seq2seq).
+- `ClassifyData`: labelled examples (classify), the label mapping saved as WORKDIR/labels.json.
+
+Both read the same data fields (tfm/train/defaults.py), save the tokenizer as WORKDIR/tokenizer.json
+on the first run (a resumed run, or one that starts from a model, finds it there) and make
+`train_batch(step)` a pure function of (seed, step): the data position of a run is its step.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from tfm.data import pipeline, sources
+from tfm.data import batches, pipeline, sources
+from tfm.data.labelled import load_labelled
 from tfm.data.tokenizers import build_tokenizer, load_tokenizer, save_tokenizer
+
+LABELS_FILE = "labels.json"
+
+
+def run_tokenizer(d, workdir: str, texts: Callable[[], Sequence[str]], num_sentinels: int = 0):
+  """Returns WORKDIR/tokenizer.json if it exists, else the `data.tokenizer` built on `texts()` (and saved there)."""
+  path = os.path.join(workdir, "tokenizer.json")
+  if os.path.exists(path):  # a resumed run's, or the one of the model it starts from (init_from)
+    return load_tokenizer(path), path
+  tok = build_tokenizer(d.tokenizer, texts(), vocab_size=d.vocab_size, num_sentinels=num_sentinels)
+  save_tokenizer(tok, path)
+  return tok, path
 
 
 class RunData:
-  """Tokenizer, train stream / examples and eval batches of a run.
-
-  `train_batch(step)` is a pure function of (seed, step): the data position of a run is its step.
-  The tokenizer is saved to WORKDIR/tokenizer.json on the first run and read back on a resume.
-  """
+  """Tokenizer, train stream / examples and eval batches of a language-modelling or seq2seq run."""
 
   def __init__(self, config, task, workdir: str, log=print):
     d = config.data
@@ -25,24 +43,15 @@ class RunData:
     self.seed = int(config.train.seed)
     self.batch_size = int(config.train.batch_size)
     t0 = time.time()
-    train_records = sources.load_split(d, d.train_split, task.name)
-    if sources.has_split(d, d.eval_split, task.name):
-      eval_records, held_out = sources.load_split(d, d.eval_split, task.name), False
+    keys = sources.key_fields(d, task.source)
+    train_records = sources.load_split(d, d.train_split, keys)
+    if sources.has_split(d, d.eval_split):
+      eval_records, held_out = sources.load_split(d, d.eval_split, keys), False
     else:
       eval_records, held_out = None, True
 
-    tok_path = os.path.join(workdir, "tokenizer.json")
-    init_tok = os.path.join(config.init_from, "tokenizer.json") if config.init_from else ""
-    if os.path.exists(tok_path):
-      self.tokenizer = load_tokenizer(tok_path)
-    elif init_tok and os.path.exists(init_tok) and not d.tokenizer.endswith(".json"):
-      self.tokenizer = load_tokenizer(init_tok)  # the tokenizer that goes with the params we start from
-      save_tokenizer(self.tokenizer, tok_path)
-    else:
-      texts = [r[k] for r in train_records for k in sources.fields_for(d, task.name)]
-      self.tokenizer = build_tokenizer(d.tokenizer, texts, vocab_size=d.vocab_size,
-                                       num_sentinels=task.num_sentinels(d.seq_len))
-      save_tokenizer(self.tokenizer, tok_path)
+    self.tokenizer, tok_path = run_tokenizer(d, workdir, lambda: [r[k] for r in train_records for k in keys.values()],
+                                             num_sentinels=task.num_sentinels(d.seq_len))
     tok = self.tokenizer
 
     if task.source == "stream":
@@ -80,8 +89,7 @@ class RunData:
       ids, segs = pipeline.windows(self.train, starts, self.raw_len)
       return self.task.make_batch(ids, segs, self.tokenizer, self._rng(step, 1))
     idx = pipeline.pair_indices(len(self.train), self.batch_size, self.seed, step)
-    from tfm.train.objectives import pairs_batch
-    return pairs_batch(self.train.inputs[idx], self.train.targets[idx], self.tokenizer.pad_id)
+    return batches.pairs_batch(self.train.inputs[idx], self.train.targets[idx], self.tokenizer.pad_id)
 
   def eval_batches(self) -> Iterator[dict]:
     """Yields the fixed evaluation batches (the same every time; masking seeded per batch)."""
@@ -94,13 +102,105 @@ class RunData:
         ids, segs = pipeline.windows(self.eval, self.eval_starts[i:i + b], self.raw_len)
         yield self.task.make_batch(ids, segs, self.tokenizer, np.random.default_rng([self.seed, i, 2]))
     else:
-      from tfm.train.objectives import pairs_batch
       n = min(len(self.eval), self.config.train.eval_batches * b) // b * b
       if n == 0:
         raise ValueError(f"the eval split has {len(self.eval)} examples, fewer than train.batch_size={b}")
       for i in range(0, n, b):
-        yield pairs_batch(self.eval.inputs[i:i + b], self.eval.targets[i:i + b], self.tokenizer.pad_id)
+        yield batches.pairs_batch(self.eval.inputs[i:i + b], self.eval.targets[i:i + b], self.tokenizer.pad_id)
 
   def sample_prompt(self, n_tokens: int = 32) -> np.ndarray:
     """Returns prompt ids: the first `n_tokens` of the eval stream (lm only)."""
     return self.eval.ids[:n_tokens]
+
+
+class ClassifyData:
+  """Tokenised train / validation examples of a classification run, with deterministic batches.
+
+  Examples are [EOS] a [EOS] (b [EOS]) rows, or the [CLS] a [SEP] template of an imported Hugging
+  Face tokenizer (`tokenizer.encode_pairs`); every validation example is evaluated once.
+  """
+
+  def __init__(self, config, task, workdir: str, log=print):
+    d, t = config.data, config.train
+    self.task, self.config = task, config
+    self.seed, self.batch_size = int(t.seed), int(t.batch_size)
+    t0 = time.time()
+    labels_path = os.path.join(workdir, LABELS_FILE)
+    known = None
+    if os.path.exists(labels_path):
+      with open(labels_path) as f:
+        known = json.load(f)["labels"]
+    train, names = load_labelled(d, d.train_split, known)
+    valid, _ = load_labelled(d, d.eval_split, names)
+    if len(names) < 2:
+      raise ValueError(f"{train.source}: classification needs at least 2 distinct labels; found {names}")
+    self.label_names = names
+    self.tokenizer, _ = run_tokenizer(d, workdir, lambda: train.texts + (train.texts_b or []))
+    with open(labels_path + ".tmp", "w") as f:
+      json.dump({"labels": names, "label_key": d.label_key, "text_key": d.text_key,
+                 "text_pair_key": d.text_pair_key, "seq_len": d.seq_len}, f, indent=1)
+    os.replace(labels_path + ".tmp", labels_path)
+    self.pad_id = self.tokenizer.pad_id
+    self.vocab_size = self.tokenizer.vocab_size
+
+    self.train = self._encode(train, "train", d.seq_len, log)
+    self.eval = self._encode(valid, "validation", d.seq_len, log)
+    counts = np.bincount(self.train["labels"], minlength=len(names))
+    if t.class_weights == "balanced":
+      self.class_weights = (counts.sum() / (len(names) * np.maximum(counts, 1))).astype(np.float32)
+    else:
+      self.class_weights = np.ones(len(names), np.float32)
+    self.by_label = [np.flatnonzero(self.train["labels"] == k) for k in range(len(names))]
+    log(f"data: {d.name} ({len(self.train['labels']):,} train / {len(self.eval['labels']):,} validation examples, "
+        f"labels {names} with train counts {counts.tolist()}), tokenizer with {self.vocab_size} ids "
+        f"({time.time() - t0:.1f}s)")
+
+  def _encode(self, split, name, seq_len, log) -> dict:
+    out, cut, longest = pipeline.encode_examples(self.tokenizer, split.texts, split.texts_b, seq_len)
+    if cut:
+      log(f"NOTE: {cut} of {len(split.texts)} {name} examples are longer than data.seq_len={seq_len} tokens and "
+          f"were truncated (the longest has {longest}); raise data.seq_len to keep them whole")
+    out["labels"] = split.labels
+    return out
+
+  def _batch(self, src: dict, idx: np.ndarray) -> dict:
+    b = {k: v[idx] for k, v in src.items()}
+    b["weights"] = self.class_weights[b["labels"]]
+    return b
+
+  def train_batch(self, step: int) -> dict:
+    """Returns the training batch of step `step` (a pure function of seed and step)."""
+    rng = np.random.default_rng([self.seed, step, 7])
+    if self.config.data.balanced_sampling:
+      labels = rng.integers(0, len(self.by_label), self.batch_size)
+      idx = np.array([self.by_label[k][rng.integers(0, len(self.by_label[k]))] for k in labels])
+    else:
+      # Epoch-wise permutation: every example once per epoch, order fixed by (seed, epoch).
+      n = len(self.train["labels"])
+      start = step * self.batch_size
+      idx = np.empty(self.batch_size, np.int64)
+      for j in range(self.batch_size):
+        epoch, pos = divmod(start + j, n)
+        idx[j] = _permutation(self.seed, epoch, n)[pos]
+    return self._batch(self.train, idx)
+
+  def eval_batches(self) -> Iterator[dict]:
+    """Yields every validation example once, in batches (the last batch padded with weight 0)."""
+    n, b = len(self.eval["labels"]), self.batch_size
+    for i in range(0, n, b):
+      idx = np.arange(i, i + b) % n
+      batch = self._batch(self.eval, idx)
+      batch["weights"] = np.where(np.arange(i, i + b) < n, 1.0, 0.0).astype(np.float32)
+      yield batch
+
+
+_PERMS: dict = {}
+
+
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """Returns the permutation of n examples for (seed, epoch), cached for the epoch being read."""
+  key = (seed, epoch, n)
+  if key not in _PERMS:
+    _PERMS.clear()
+    _PERMS[key] = np.random.default_rng([seed, epoch, 11]).permutation(n)
+  return _PERMS[key]

@@ -1,9 +1,11 @@
 """Labelled text for classification: TFDS datasets by name and local CSV / TSV / JSONL files.
 
 `load_labelled(d, split, label_names)` returns a `LabelledSplit` (texts, optional second texts,
-integer labels) and the label names. String labels are mapped to ids in sorted order of the
-training split (integers in numeric order); an unseen label in another split is an error naming
-the file and row. GLUE SST-2 can be prepared offline from its TSVs (`data.manual_dir`), through a
+integer labels) and the label names. The fields are the data vocabulary of every task:
+`data.name` (a TFDS name or csv | tsv | jsonl), `data.train_files` / `data.validation_files`,
+`data.text_key`, `data.text_pair_key`, `data.label_key`. String labels are mapped to ids in sorted
+order of the training split (integers in numeric order); an unseen label in another split is an
+error naming the file and row. GLUE SST-2 can be prepared offline from its TSVs (`data.manual_dir`), through a
 small TFDS builder with the features of `glue/sst2` (`sentence`, `label`, `idx`).
 """
 
@@ -19,7 +21,7 @@ import tensorflow_datasets as tfds
 
 from tfm.data import sources
 
-FILE_FORMATS = ("csv", "tsv", "jsonl")
+FILE_FORMATS = ("csv", "tsv", "jsonl")  # local files with columns (plain text files have no labels)
 
 # TFDS text-classification datasets whose text features are not called "text".
 TFDS_TEXT_FIELDS = {
@@ -79,7 +81,7 @@ def _tfds_builder(d):
     if missing:
       raise FileNotFoundError(f"data.manual_dir={d.manual_dir!r} lacks {missing} (the GLUE SST-2 TSV files)")
     return Sst2Tsv(data_dir=d.data_dir or None, file_format="array_record")
-  return sources._builder(d.name, d.data_dir)  # pylint: disable=protected-access
+  return sources.tfds_builder(d.name, d.data_dir)
 
 
 def _label_names_from_values(values: Sequence[str]) -> list[str]:
@@ -90,30 +92,47 @@ def _label_names_from_values(values: Sequence[str]) -> list[str]:
     return uniq
 
 
-def _from_file(d, path: str, label_names: Optional[list[str]]) -> tuple[LabelledSplit, list[str]]:
-  fmt = d.name
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"data file {path!r} does not exist")
-  fields = [d.text_column, d.label_column] + ([d.text_b_column] if d.text_b_column else [])
-  rows = list(sources.read_records(path, fmt, fields))
+def _keys(d) -> dict:
+  """Returns {config field: column} of the columns a classification run reads."""
+  keys = {"data.text_key": d.text_key, "data.label_key": d.label_key}
+  if d.text_pair_key:
+    keys["data.text_pair_key"] = d.text_pair_key
+  return keys
+
+
+def _read_file(d, path: str) -> list[tuple[int, dict]]:
+  """Returns the (row number, record) pairs of one labelled file."""
+  keys = _keys(d)
+  first = 2 if d.name != "jsonl" else 1  # CSV / TSV rows start after the header line
+  rows = list(enumerate(sources.read_records(path, d.name, list(keys.values()), list(keys)), start=first))
   if not rows:
-    raise ValueError(f"data file {path!r} has no rows (expected a header and labelled rows with columns {fields})")
-  for i, r in enumerate(rows):
-    if not r[d.label_column].strip():
-      raise ValueError(f"{path}, row {i + (2 if fmt != 'jsonl' else 1)}: empty label in column {d.label_column!r}")
-  values = [r[d.label_column].strip() for r in rows]
+    raise ValueError(f"data file {path!r} has no rows (expected a header and labelled rows with columns "
+                     f"{list(keys.values())})")
+  for row_no, r in rows:
+    if not r[d.label_key].strip():
+      raise ValueError(f"{path}, row {row_no}: empty label in column {d.label_key!r}")
+  return rows
+
+
+def _from_files(d, split: str, label_names: Optional[list[str]]) -> tuple[LabelledSplit, list[str]]:
+  paths = sources.split_files(d, split)
+  per_file = [(p, _read_file(d, p)) for p in paths]
   if label_names is None:
-    label_names = _label_names_from_values(values)
-  index = {name: i for name, i in zip(label_names, range(len(label_names)))}
-  labels = np.empty(len(rows), np.int32)
-  for i, v in enumerate(values):
-    if v not in index:
-      raise ValueError(f"{path}, row {i + (2 if fmt != 'jsonl' else 1)}: label {v!r} does not occur in the training "
-                       f"data (known labels: {label_names})")
-    labels[i] = index[v]
-  texts = [r[d.text_column] for r in rows]
-  texts_b = [r[d.text_b_column] for r in rows] if d.text_b_column else None
-  return LabelledSplit(texts, texts_b, labels, path), label_names
+    label_names = _label_names_from_values([r[d.label_key].strip() for _, rows in per_file for _, r in rows])
+  index = {name: i for i, name in enumerate(label_names)}
+  texts, texts_b, labels = [], [], []
+  for path, rows in per_file:
+    for row_no, r in rows:
+      v = r[d.label_key].strip()
+      if v not in index:
+        raise ValueError(f"{path}, row {row_no}: label {v!r} does not occur in the training data (known labels: "
+                         f"{label_names})")
+      labels.append(index[v])
+      texts.append(r[d.text_key])
+      if d.text_pair_key:
+        texts_b.append(r[d.text_pair_key])
+  return LabelledSplit(texts, texts_b if d.text_pair_key else None, np.asarray(labels, np.int32),
+                       ", ".join(paths)), label_names
 
 
 def _from_tfds(d, split: str, label_names: Optional[list[str]]) -> tuple[LabelledSplit, list[str]]:
@@ -123,37 +142,32 @@ def _from_tfds(d, split: str, label_names: Optional[list[str]]) -> tuple[Labelle
   if split not in info.splits:
     raise ValueError(f"dataset {info.full_name!r} has no split {split!r}; it has {list(info.splits)}")
   feats = info.features
-  text_a, text_b = d.text_column, d.text_b_column or None
+  text_a, text_b = d.text_key, d.text_pair_key or None
   if text_a not in feats and d.name in TFDS_TEXT_FIELDS:
     text_a, default_b = TFDS_TEXT_FIELDS[d.name]
     text_b = text_b or default_b
-  for f in [text_a, d.label_column] + ([text_b] if text_b else []):
-    if f not in feats:
-      raise ValueError(f"dataset {info.full_name!r} has no feature {f!r}; it has {list(feats)} "
-                       f"(set data.text_column / data.text_b_column / data.label_column)")
-  label_feat = feats[d.label_column]
+  for name, f in (("data.text_key", text_a), ("data.label_key", d.label_key), ("data.text_pair_key", text_b)):
+    if f and f not in feats:
+      raise ValueError(f"{name}={f!r} is not a feature of dataset {info.full_name!r}; it has {list(feats)}")
+  label_feat = feats[d.label_key]
   names = list(label_feat.names) if isinstance(label_feat, tfds.features.ClassLabel) else None
   source = builder.as_data_source(split=split)
   n = len(source)
   recs = []
   for start in range(0, n, 4096):
     recs.extend(source.__getitems__(list(range(start, min(n, start + 4096)))))
-  labels = np.asarray([int(r[d.label_column]) for r in recs], np.int32)
+  labels = np.asarray([int(r[d.label_key]) for r in recs], np.int32)
   if names is None:
     names = label_names or [str(i) for i in range(int(labels.max()) + 1)]
   if labels.min(initial=0) < 0:
     raise ValueError(f"dataset {info.full_name!r} split {split!r} has no labels (label -1); use another split")
-  texts = [sources._to_str(r[text_a]) for r in recs]  # pylint: disable=protected-access
-  texts_b = [sources._to_str(r[text_b]) for r in recs] if text_b else None  # pylint: disable=protected-access
+  texts = [sources.to_str(r[text_a]) for r in recs]
+  texts_b = [sources.to_str(r[text_b]) for r in recs] if text_b else None
   return LabelledSplit(texts, texts_b, labels, f"{info.full_name}:{split}"), names
 
 
 def load_labelled(d, split: str, label_names: Optional[list[str]] = None) -> tuple[LabelledSplit, list[str]]:
-  """Returns (the split's texts and label ids, the label names); `split` is train | validation | test."""
+  """Returns (the split's texts and label ids, the label names); files have splits train | validation."""
   if d.name in FILE_FORMATS:
-    path = {"train": d.train, "validation": d.validation, "test": d.test}[split]
-    if not path:
-      raise ValueError(f"data.name={d.name!r} needs data.{split}=PATH (a {d.name.upper()} file with columns "
-                       f"{d.text_column!r} and {d.label_column!r})")
-    return _from_file(d, path, label_names)
+    return _from_files(d, split, label_names)
   return _from_tfds(d, split, label_names)

@@ -7,6 +7,8 @@ uninterrupted run would have seen (the "data position" is the step). Evaluation 
 
 Packing: documents are concatenated, each followed by [EOS]; `segment_ids` number the documents
 inside a window from 1, so attention and positions stay within a document (see tfm.models).
+Examples (seq2seq pairs, classification texts) are padded to fixed lengths instead, and every
+example cut to fit is counted.
 """
 
 from __future__ import annotations
@@ -92,24 +94,41 @@ class PairExamples:
     return int(self.inputs.shape[0])
 
 
+def pad_rows(rows: Sequence[np.ndarray], length: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+  """Returns ([n, length] rows cut / padded to `length`, [n] bool: the row was cut)."""
+  out = np.full((len(rows), length), pad, np.int32)
+  cut = np.zeros(len(rows), bool)
+  for i, r in enumerate(rows):
+    cut[i] = len(r) > length
+    r = r[:length]
+    out[i, :len(r)] = r
+  return out, cut
+
+
 def make_pairs(tokenizer, records: Sequence[dict], input_key: str, target_key: str, seq_len: int,
                target_len: int) -> PairExamples:
   """Returns padded (input, target) id arrays; each side ends with [EOS]."""
-  n = len(records)
-  inputs = np.full((n, seq_len), tokenizer.pad_id, np.int32)
-  targets = np.full((n, target_len), tokenizer.pad_id, np.int32)
-  src = encode_all(tokenizer, [r[input_key] for r in records])
-  tgt = encode_all(tokenizer, [r[target_key] for r in records])
-  truncated = 0
-  for i, (s, t) in enumerate(zip(src, tgt)):
-    s = np.append(s, tokenizer.eos_id)
-    t = np.append(t, tokenizer.eos_id)
-    if len(s) > seq_len or len(t) > target_len:
-      truncated += 1
-      s, t = s[:seq_len], t[:target_len]
-    inputs[i, :len(s)] = s
-    targets[i, :len(t)] = t
-  return PairExamples(inputs, targets, truncated)
+  eos = np.array([tokenizer.eos_id], np.int32)
+  src = [np.concatenate([s, eos]) for s in encode_all(tokenizer, [r[input_key] for r in records])]
+  tgt = [np.concatenate([t, eos]) for t in encode_all(tokenizer, [r[target_key] for r in records])]
+  inputs, cut_src = pad_rows(src, seq_len, tokenizer.pad_id)
+  targets, cut_tgt = pad_rows(tgt, target_len, tokenizer.pad_id)
+  return PairExamples(inputs, targets, int(np.sum(cut_src | cut_tgt)))
+
+
+def encode_examples(tokenizer, texts: Sequence[str], texts_b, seq_len: int) -> tuple[dict, int, int]:
+  """Returns (classification inputs of the texts as [n, seq_len] arrays, number truncated, longest length).
+
+  The inputs are "inputs" (ids), "token_types" (0 for the first text, 1 for the second) and
+  "attention_mask" (1 on real tokens); `texts_b` holds the second texts of pair tasks, or None.
+  """
+  ids, types = tokenizer.encode_pairs(texts, texts_b)
+  ids_arr, cut = pad_rows(ids, seq_len, tokenizer.pad_id)
+  types_arr, _ = pad_rows(types, seq_len, 0)
+  lengths = np.minimum([len(r) for r in ids], seq_len)
+  mask = (np.arange(seq_len)[None] < lengths[:, None]).astype(np.int32)
+  inputs = {"inputs": ids_arr, "token_types": types_arr, "attention_mask": mask}
+  return inputs, int(cut.sum()), max(map(len, ids), default=0)
 
 
 def pair_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:

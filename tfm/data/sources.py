@@ -4,11 +4,13 @@
   prepared into `data_dir` (files already downloaded can be given as `manual_dir`).
 - `pydoc_topics`: the text of the standard library's `pydoc_data.topics` (every Python has it),
   one document per help topic; the embedded default corpus, needs no network.
-- `local_files`: local text / CSV / TSV / JSONL files turned into a TFDS dataset, so one pipeline
-  serves every source.
+- `text` | `csv` | `tsv` | `jsonl`: local files (`data.train_files`, `data.validation_files`) turned
+  into a TFDS dataset, so one pipeline serves every source.
 
-`load_split(data_cfg, split)` returns the records of a split as a list of {feature: str} dicts.
-Without network, a dataset that needs a download fails within seconds with `DataUnavailableError`.
+`load_split(data_cfg, split, fields)` returns the records of a split as a list of {feature: str}
+dicts. Without network, a dataset that needs a download fails within seconds with
+`DataUnavailableError`. `read_records` reads one local file (classification reads its files
+directly, in file order, so that a bad row is named by its line).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-FORMATS = ("text", "csv", "tsv", "jsonl")
+FORMATS = ("text", "csv", "tsv", "jsonl")  # data.name of local files: one document per text file, one row per line
 
 
 class DataUnavailableError(RuntimeError):
@@ -90,27 +92,43 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder):
         yield f"{path}:{i}", rec
 
 
-def read_records(path: str, fmt: str, fields: Sequence[str]) -> Iterator[dict]:
-  """Yields {field: str} records of one local file; text files give one record {"text": whole file}."""
+def read_records(path: str, fmt: str, fields: Sequence[str], field_names: Sequence[str] = ()) -> Iterator[dict]:
+  """Yields {field: str} records of one local file; text files give one record {fields[0]: whole file}.
+
+  `field_names` names the config field of each of `fields` (e.g. "data.label_key"): a column that the
+  file's header (CSV / TSV) or first row (JSONL) lacks is an error naming that field and the columns.
+  """
   if fmt == "text":
     with open(path, encoding="utf-8") as f:
       yield {fields[0]: f.read()}
     return
+  names = dict(zip(fields, field_names))
   with open(path, encoding="utf-8", newline="") as f:
     if fmt == "jsonl":
       rows = (json.loads(line) for line in f if line.strip())
     else:
       rows = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_NONE if fmt == "tsv"
                             else csv.QUOTE_MINIMAL)
+      if rows.fieldnames:  # an empty file has no header: it yields no records
+        _check_columns(path, rows.fieldnames, fields, names)
     for row_no, row in enumerate(rows, start=2 if fmt != "jsonl" else 1):
+      if fmt == "jsonl" and row_no == 1:
+        _check_columns(path, list(row), fields, names)
       missing = [k for k in fields if k not in row or row[k] is None]
       if missing:
-        raise ValueError(f"{path}, row {row_no}: missing field(s) {missing}; the row has {sorted(row)} "
-                         f"(set data.text_key / data.input_key / data.target_key)")
+        raise ValueError(f"{path}, row {row_no}: missing field(s) {missing}; the row has {sorted(row)}")
       yield {k: str(row[k]) for k in fields}
 
 
-def _expand(spec: str, what: str) -> list[str]:
+def _check_columns(path: str, columns: Sequence[str], fields: Sequence[str], names: dict) -> None:
+  """Raises ValueError naming the config field of the first of `fields` that is not among `columns`."""
+  for k in fields:
+    if k not in columns and k in names:
+      raise ValueError(f"{names[k]}={k!r} is not a column of {path}; its columns are {list(columns)}")
+
+
+def expand_files(spec: str, what: str) -> list[str]:
+  """Returns the absolute paths named by `spec` (comma-separated paths or globs); `what` names the field."""
   paths = []
   for pattern in [p.strip() for p in spec.split(",") if p.strip()]:
     found = sorted(globlib.glob(os.path.expanduser(pattern)))
@@ -120,27 +138,24 @@ def _expand(spec: str, what: str) -> list[str]:
   return paths
 
 
-def _infer_format(paths: Sequence[str], fmt: str) -> str:
-  if fmt:
-    if fmt not in FORMATS:
-      raise ValueError(f"data.format must be one of {list(FORMATS)} (or '' to infer from the extension); got {fmt!r}")
-    return fmt
-  ext = {os.path.splitext(p)[1].lower() for p in paths}
-  table = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
-  kinds = {table.get(e, "text") for e in ext}
-  if len(kinds) != 1:
-    raise ValueError(f"data.train_files mixes formats {sorted(kinds)}; set data.format")
-  return kinds.pop()
+def split_files(d, split: str) -> list[str]:
+  """Returns the paths of `split` of local files `d`: train -> data.train_files, validation -> data.validation_files."""
+  field = {"train": "train_files", "validation": "validation_files"}[split]
+  if not d[field]:
+    raise ValueError(f"data.name={d.name!r} needs data.{field} (comma-separated paths or globs of {d.name} files)")
+  return expand_files(d[field], f"data.{field}")
 
 
-def local_files_builder(d, fields: Sequence[str]) -> LocalFiles:
-  """Returns the LocalFiles builder for data config `d` (train_files, validation_files, format)."""
-  if not d.train_files:
-    raise ValueError("data.name='local_files' needs data.train_files (comma-separated paths or globs)")
-  files = {"train": _expand(d.train_files, "data.train_files")}
+def local_files_builder(d, fields: Sequence[str], field_names: Sequence[str] = ()) -> LocalFiles:
+  """Returns the LocalFiles builder for data config `d` (name = the format, train_files, validation_files)."""
+  files = {"train": split_files(d, "train")}
   if d.validation_files:
-    files["validation"] = _expand(d.validation_files, "data.validation_files")
-  fmt = _infer_format(files["train"], d.format)
+    files["validation"] = split_files(d, "validation")
+  fmt = d.name
+  if fmt != "text":  # a missing column is named now, not from inside TFDS's preparation
+    for paths in files.values():
+      for path in paths:
+        next(read_records(path, fmt, fields, field_names), None)
   # The config name hashes the paths, sizes and modification times: changed files give a new dataset.
   h = hashlib.sha256()
   for split, paths in sorted(files.items()):
@@ -170,7 +185,8 @@ def _tensorflow_available() -> bool:
   return importlib.util.find_spec("tensorflow") is not None
 
 
-def _builder(name: str, data_dir: str):
+def tfds_builder(name: str, data_dir: str):
+  """Returns the TFDS builder of dataset `name` (array_record files in `data_dir`)."""
   try:
     return tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError:
@@ -181,7 +197,7 @@ def _builder(name: str, data_dir: str):
       return tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
     except tfds.core.registered.DatasetNotFoundError:
       raise ValueError(f"data.name={name!r} is not a TFDS dataset; use a TFDS name (e.g. tiny_shakespeare, lm1b), "
-                       f"'pydoc_topics', or 'local_files' with data.train_files") from None
+                       f"'pydoc_topics', or a file format {' | '.join(FORMATS)} with data.train_files") from None
 
 
 def prepare(builder, manual_dir: str = "") -> None:
@@ -206,7 +222,7 @@ def prepare(builder, manual_dir: str = "") -> None:
       raise DataUnavailableError(
           f"dataset {name!r} needs a download and it failed ({text[:300]}). Provide the data locally: "
           f"--config.data.manual_dir=DIR with the source files TFDS expects, or --config.data.data_dir=DIR "
-          f"holding the prepared dataset, or train on your own files with --config.data.name=local_files "
+          f"holding the prepared dataset, or train on your own files with --config.data.name={'|'.join(FORMATS)} "
           f"--config.data.train_files=PATH") from e
     raise
   finally:
@@ -215,47 +231,48 @@ def prepare(builder, manual_dir: str = "") -> None:
       module.tf = old_tf
 
 
-def fields_for(d, task: str) -> tuple[str, ...]:
-  """Returns the feature names a task reads: (text_key,) or (input_key, target_key) for seq2seq."""
-  return (d.input_key, d.target_key) if task == "seq2seq" else (d.text_key,)
+def key_fields(d, source: str) -> dict:
+  """Returns {config field: feature} a task of `source` kind reads: "stream" (text_key), "pairs" (input / target)."""
+  names = ("input_key", "target_key") if source == "pairs" else ("text_key",)
+  return {f"data.{n}": d[n] for n in names}
 
 
-def load_split(d, split: str, task: str) -> list[dict]:
-  """Returns the records of `split` of data config `d` as a list of {field: str} dicts."""
-  fields = fields_for(d, task)
-  if d.name == "local_files":
-    builder = local_files_builder(d, fields)
+def load_split(d, split: str, keys: dict) -> list[dict]:
+  """Returns the records of `split` of data config `d` as {feature: str} dicts; `keys` is {config field: feature}."""
+  fields, names = list(keys.values()), list(keys)
+  if d.name in FORMATS:
+    builder = local_files_builder(d, fields, names)
   else:
-    builder = _builder(d.name, d.data_dir)
+    builder = tfds_builder(d.name, d.data_dir)
   prepare(builder, d.manual_dir)
   if split not in builder.info.splits:
     raise ValueError(f"dataset {builder.info.full_name!r} has no split {split!r}; it has {list(builder.info.splits)}")
   feats = builder.info.features
-  missing = [f for f in fields if f not in feats]
-  if missing:
-    raise ValueError(f"dataset {builder.info.full_name!r} has no feature(s) {missing}; it has {list(feats)} "
-                     f"(set data.text_key, or data.input_key / data.target_key for seq2seq)")
+  for name, f in keys.items():
+    if f not in feats:
+      raise ValueError(f"{name}={f!r} is not a feature of dataset {builder.info.full_name!r}; it has {list(feats)}")
   source = builder.as_data_source(split=split)
   n = len(source)
   out = []
   for start in range(0, n, 4096):  # __getitems__ reads a batch of records far faster than one by one
     for rec in source.__getitems__(list(range(start, min(n, start + 4096)))):
-      out.append({f: _to_str(rec[f]) for f in fields})
+      out.append({f: to_str(rec[f]) for f in fields})
   return out
 
 
-def _to_str(v) -> str:
+def to_str(v) -> str:
+  """Returns a TFDS text feature value (bytes, a 0-d array or a str) as a str."""
   if isinstance(v, bytes):
     return v.decode("utf-8")
   if isinstance(v, np.ndarray):
-    return _to_str(v.item())
+    return to_str(v.item())
   return str(v)
 
 
-def has_split(d, split: str, task: str) -> bool:
+def has_split(d, split: str) -> bool:
   """Returns whether the dataset of `d` has `split` (local files have validation only if given)."""
-  if d.name == "local_files":
+  if d.name in FORMATS:
     return split == "train" or bool(d.validation_files)
-  builder = _builder(d.name, d.data_dir)
+  builder = tfds_builder(d.name, d.data_dir)
   prepare(builder, d.manual_dir)
   return split in builder.info.splits

@@ -1,19 +1,26 @@
 """Tokenizers: byte-level, character-level and subword (BPE / WordPiece / Unigram via HF `tokenizers`).
 
-Every tokenizer has the same small surface: `encode(text) -> int32 ids`, `decode(ids) -> str`,
+Every tokenizer has the same small surface: `encode(text) -> int32 ids`, `encode_batch(texts)`,
+`encode_pairs(texts, texts_b) -> (ids, token types)` (classification inputs), `decode(ids) -> str`,
 `vocab_size`, the special ids `pad_id`, `eos_id`, `mask_id` and `sentinel_ids` (T5 span
-corruption), and `save(path)`. Special tokens come first: [PAD]=0, [EOS]=1, [MASK]=2, then the
-sentinels <extra_id_0>... A run saves its tokenizer as `WORKDIR/tokenizer.json`; `load_tokenizer`
-reads that file back (our byte/char format or any Hugging Face `tokenizer.json`).
+corruption), and `to_json()`. Special tokens come first: [PAD]=0, [EOS]=1, [MASK]=2, then the
+sentinels <extra_id_0>... A run saves its tokenizer as `WORKDIR/tokenizer.json`.
+
+`load_tokenizer` (also `tfm.load_tokenizer`) is the one loader: a tokenizer.json (ours or any
+Hugging Face one), a run or params directory, or a Hugging Face model directory or hub id.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
+from tokenizers import Tokenizer
+
+from tfm.hf.api import resolve_directory
+from tfm.hf.tokenizer import read_tokenizer
 
 KINDS = ("byte", "char", "bpe", "wordpiece", "unigram")
 BASE_SPECIALS = ("[PAD]", "[EOS]", "[MASK]")
@@ -54,6 +61,22 @@ class _Base:
     """Returns the number of special ids (they occupy ids 0 .. num_specials-1)."""
     return len(self.specials)
 
+  def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[np.ndarray]:
+    """Returns the int32 ids of each text."""
+    return [self.encode(t, add_special_tokens) for t in texts]
+
+  def encode_pairs(self, texts: Sequence[str], texts_b: Optional[Sequence[str]] = None):
+    """Returns (ids, token types) of each example as [EOS] a [EOS] (b [EOS]) ([EOS] doubles as [CLS] / [SEP])."""
+    e = np.array([self.eos_id], np.int32)
+    a = self.encode_batch(texts)
+    if not texts_b:
+      ids = [np.concatenate([e, x, e]) for x in a]
+      return ids, [np.zeros_like(x) for x in ids]
+    b = self.encode_batch(texts_b)
+    ids = [np.concatenate([e, x, e, y, e]) for x, y in zip(a, b)]
+    types = [np.concatenate([np.zeros(len(x) + 2, np.int32), np.ones(len(y) + 1, np.int32)]) for x, y in zip(a, b)]
+    return ids, types
+
 
 class ByteTokenizer(_Base):
   """UTF-8 bytes shifted past the special ids: vocab = specials + 256."""
@@ -68,8 +91,9 @@ class ByteTokenizer(_Base):
     """Returns the number of ids."""
     return self.num_specials + 256
 
-  def encode(self, text: str) -> np.ndarray:
-    """Returns the int32 ids of `text`'s UTF-8 bytes."""
+  def encode(self, text: str, add_special_tokens: bool = False) -> np.ndarray:
+    """Returns the int32 ids of `text`'s UTF-8 bytes (no template: `add_special_tokens` adds nothing)."""
+    del add_special_tokens
     return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + self.num_specials
 
   def decode(self, ids: Sequence[int]) -> str:
@@ -111,8 +135,9 @@ class CharTokenizer(_Base):
     """Returns the number of ids."""
     return self.num_specials + len(self.chars)
 
-  def encode(self, text: str) -> np.ndarray:
-    """Returns the int32 ids of `text`; raises ValueError on a character outside the vocabulary."""
+  def encode(self, text: str, add_special_tokens: bool = False) -> np.ndarray:
+    """Returns the int32 ids of `text` (no template); raises ValueError on a character outside the vocabulary."""
+    del add_special_tokens
     codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
     if codes.size and codes.max() < 65536:
       ids = self._table[codes]
@@ -144,34 +169,37 @@ class HFTokenizer(_Base):
 
   Trained here, its special tokens come first ([PAD]=0, [EOS]=1, [MASK]=2, sentinels). Loaded from
   another tokenizer.json (e.g. a pretrained model's), pad / eos / mask are found by their usual names
-  ([PAD] / <pad>, </s> / [SEP], [MASK] / <mask>) and the sentinels are its <extra_id_i> tokens.
+  ([PAD] / <pad>, </s> / [SEP], [MASK] / <mask>; a vocabulary without a padding token pads with its
+  end-of-sequence token; None where it has neither) unless `pad_id` / `eos_id` are given (a model's
+  config.json), and the sentinels are its <extra_id_i> tokens. A tokenizer whose post-processor adds tokens (BERT's
+  [CLS] a [SEP] b [SEP], RoBERTa's <s> a </s></s> b </s>) encodes pairs with that template.
   """
 
   kind = "subword"
 
-  def __init__(self, tokenizer, specials: Sequence[str]):
+  def __init__(self, tokenizer, specials: Sequence[str], *, pad_id: Optional[int] = None,
+               eos_id: Optional[int] = None):
     self.tok = tokenizer
     self.specials = list(specials)
     ids = {}
     for role, names in _ALIASES.items():
       found = [tokenizer.token_to_id(n) for n in names if tokenizer.token_to_id(n) is not None]
       ids[role] = found[0] if found else None
-    if ids["pad"] is None or ids["eos"] is None:
-      raise ValueError(f"tokenizer.json has no padding or end-of-sequence token (looked for {_ALIASES['pad']} and "
-                       f"{_ALIASES['eos']})")
-    self._pad, self._eos = ids["pad"], ids["eos"]
+    eos = eos_id if eos_id is not None else ids["eos"]
+    self._eos = eos
+    self._pad = pad_id if pad_id is not None else (ids["pad"] if ids["pad"] is not None else eos)
     self._mask = ids["mask"] if ids["mask"] is not None else -1
     self._sentinels = np.array([tokenizer.token_to_id(f"<extra_id_{i}>") for i in range(1000)
                                 if tokenizer.token_to_id(f"<extra_id_{i}>") is not None], np.int32)
 
   @property
-  def pad_id(self) -> int:
-    """Returns the padding id."""
+  def pad_id(self) -> Optional[int]:
+    """Returns the padding id (None if the vocabulary has neither a padding nor an end-of-sequence token)."""
     return self._pad
 
   @property
-  def eos_id(self) -> int:
-    """Returns the end-of-sequence id."""
+  def eos_id(self) -> Optional[int]:
+    """Returns the end-of-sequence id (None if the vocabulary has none)."""
     return self._eos
 
   @property
@@ -186,6 +214,11 @@ class HFTokenizer(_Base):
     while n < len(self.specials) and self.tok.token_to_id(self.specials[n]) == n:
       n += 1
     return n
+
+  @property
+  def has_template(self) -> bool:
+    """Returns whether the tokenizer's post-processor adds special tokens (a pretrained model's template)."""
+    return self.tok.num_special_tokens_to_add(False) > 0
 
   @classmethod
   def train(cls, texts: Sequence[str], kind: str, vocab_size: int, num_sentinels: int = 0) -> "HFTokenizer":
@@ -226,13 +259,21 @@ class HFTokenizer(_Base):
     """Returns the ids of the span-corruption sentinels <extra_id_i>, in order."""
     return self._sentinels
 
-  def encode(self, text: str) -> np.ndarray:
-    """Returns the int32 ids of `text`."""
-    return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, np.int32)
+  def encode(self, text: str, add_special_tokens: bool = False) -> np.ndarray:
+    """Returns the int32 ids of `text` (with the template's special tokens when `add_special_tokens`)."""
+    return np.asarray(self.tok.encode(text, add_special_tokens=add_special_tokens).ids, np.int32)
 
-  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-    """Returns the ids of each text (parallel in Rust)."""
-    return [np.asarray(e.ids, np.int32) for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+  def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[np.ndarray]:
+    """Returns the int32 ids of each text (parallel in Rust)."""
+    encs = self.tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+    return [np.asarray(e.ids, np.int32) for e in encs]
+
+  def encode_pairs(self, texts: Sequence[str], texts_b: Optional[Sequence[str]] = None):
+    """Returns (ids, token types) of each example: the tokenizer's own template if it has one, else tfm's."""
+    if not self.has_template:
+      return super().encode_pairs(texts, texts_b)
+    encs = self.tok.encode_batch(list(zip(texts, texts_b)) if texts_b else list(texts))
+    return [np.asarray(e.ids, np.int32) for e in encs], [np.asarray(e.type_ids, np.int32) for e in encs]
 
   def decode(self, ids: Sequence[int]) -> str:
     """Returns the text of `ids` (special ids are dropped)."""
@@ -254,12 +295,34 @@ def build_tokenizer(kind_or_path: str, texts: Sequence[str], *, vocab_size: int 
   if kind_or_path.endswith(".json"):
     if not os.path.exists(kind_or_path):
       raise FileNotFoundError(f"data.tokenizer: file {kind_or_path!r} does not exist")
-    return load_tokenizer(kind_or_path)
+    return check_for_training(load_tokenizer(kind_or_path), f"data.tokenizer {kind_or_path!r}")
   raise ValueError(f"data.tokenizer must be one of {list(KINDS)} or a path to a tokenizer.json; got {kind_or_path!r}")
 
 
+def check_for_training(tokenizer, what: str):
+  """Returns `tokenizer` if it has the end-of-sequence and padding ids training needs; else ValueError naming `what`."""
+  if tokenizer.eos_id is None or tokenizer.pad_id is None:
+    raise ValueError(f"{what}: the tokenizer has no end-of-sequence token (looked for {list(_ALIASES['eos'])}), "
+                     f"which training needs to separate documents and to pad")
+  return tokenizer
+
+
 def load_tokenizer(path: str):
-  """Returns the tokenizer saved at `path` (our byte/char JSON or a Hugging Face tokenizer.json)."""
+  """Returns the tokenizer at `path`: a tokenizer.json (tfm byte / char or Hugging Face), a run or params
+  directory (its tokenizer.json), or a Hugging Face model directory or hub id (tokenizer.json, vocab.txt or
+  vocab.json + merges.txt; the eos / pad ids of its config.json win over the tokens' names)."""
+  path = os.path.expanduser(str(path))
+  if os.path.isfile(path):
+    return _from_file(path)
+  directory = resolve_directory(path)
+  ids = _model_token_ids(directory)
+  if os.path.isfile(os.path.join(directory, "tokenizer.json")):
+    return _from_file(os.path.join(directory, "tokenizer.json"), **ids)
+  return _wrap(read_tokenizer(directory), **ids)
+
+
+def _from_file(path: str, **ids):
+  """Returns the tokenizer of one tokenizer.json file (ours or a Hugging Face one)."""
   with open(path) as f:
     blob = json.load(f)
   kind = blob.get("tfm_tokenizer")
@@ -268,10 +331,27 @@ def load_tokenizer(path: str):
     return ByteTokenizer(nsent)
   if kind == "char":
     return CharTokenizer(blob["chars"], nsent)
-  from tokenizers import Tokenizer
-  tok = Tokenizer.from_file(path)
+  return _wrap(Tokenizer.from_file(path), **ids)
+
+
+def _wrap(tok, **ids) -> HFTokenizer:
+  """Returns a `tokenizers.Tokenizer` as an HFTokenizer, its added tokens (in id order) as the specials."""
   added = sorted((i, t.content) for i, t in tok.get_added_tokens_decoder().items())
-  return HFTokenizer(tok, [c for _, c in added])
+  return HFTokenizer(tok, [c for _, c in added], **ids)
+
+
+def _model_token_ids(directory: str) -> dict:
+  """Returns {"eos_id", "pad_id"} named by a Hugging Face model's config.json (empty for tfm directories)."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    blob = json.load(f)
+  if not isinstance(blob, dict) or not ("architectures" in blob or "model_type" in blob) or "model_config" in blob:
+    return {}
+  eos, pad = blob.get("eos_token_id"), blob.get("pad_token_id")
+  eos = eos[0] if isinstance(eos, list) and eos else eos  # several end tokens (Llama 3): the first one
+  return {k: v for k, v in (("eos_id", eos), ("pad_id", pad)) if isinstance(v, int)}
 
 
 def save_tokenizer(tokenizer, path: str) -> str:

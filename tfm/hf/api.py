@@ -25,7 +25,7 @@ from tfm.config import ModelConfig
 from tfm.hf import families as fam
 from tfm.hf import io
 from tfm.hf.rules import bind, flatten, hf_to_tfm, tfm_to_hf, unflatten
-from tfm.layers.dtypes import to_dtype
+from tfm.layers.primitives import to_dtype
 from tfm.models import build
 
 CONFIG = "config.json"
@@ -39,8 +39,27 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def tokenizer_files(directory: str) -> list[str]:
-  """Returns the paths of the tokenizer files present in `directory`."""
-  return [os.path.join(directory, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))]
+  """Returns the paths of the Hugging Face tokenizer files in `directory` (tfm's byte / char JSON is not one)."""
+  paths = [os.path.join(directory, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))]
+  return [p for p in paths if not _is_tfm_tokenizer(p)]
+
+
+def _is_tfm_tokenizer(path: str) -> bool:
+  """Returns whether `path` is tfm's own tokenizer JSON (byte / char), which transformers cannot read."""
+  blob = read_json_object(path) if path.endswith(".json") else None
+  return blob is not None and "tfm_tokenizer" in blob
+
+
+def read_json_object(path: str) -> Optional[dict]:
+  """Returns the JSON object in file `path`, or None if the file is missing, not JSON, or not an object."""
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    try:
+      blob = json.load(f)
+    except json.JSONDecodeError:
+      return None
+  return blob if isinstance(blob, dict) else None
 
 
 def _offline() -> bool:

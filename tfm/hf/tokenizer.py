@@ -1,7 +1,8 @@
-"""load_tokenizer: the tokenizer of a Hugging Face model directory as a `tokenizers.Tokenizer`.
+"""The tokenizer files of a Hugging Face model directory read as a `tokenizers.Tokenizer`.
 
-Read in this order: tokenizer.json (the full pipeline, as saved by any fast tokenizer);
-vocab.txt (BERT WordPiece: BERT normaliser and pre-tokeniser, [CLS] A [SEP] template);
+`tfm.load_tokenizer` (tfm/data/tokenizers.py) is the one loader; it reads tokenizer.json itself
+and asks `read_tokenizer` for the older layouts. Read in this order: tokenizer.json (the full
+pipeline, as saved by any fast tokenizer); vocab.txt (BERT WordPiece: BERT normaliser and pre-tokeniser, [CLS] A [SEP] template);
 vocab.json + merges.txt (byte-level BPE: GPT-2 adds no special tokens; RoBERTa / BART add
 <s> A </s>). tokenizer_config.json supplies do_lower_case, special tokens and the class name.
 """
@@ -12,8 +13,6 @@ import json
 import os
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-from tfm.hf.api import resolve_directory
 
 
 def _read_json(path: str) -> dict:
@@ -74,9 +73,8 @@ def _byte_bpe(directory: str, cfg: dict) -> Tokenizer:
   return tok
 
 
-def load_tokenizer(path_or_id: str) -> Tokenizer:
-  """Returns the directory's tokenizer as a tokenizers.Tokenizer (encode(text).ids gives the model's ids)."""
-  directory = resolve_directory(path_or_id)
+def read_tokenizer(directory: str) -> Tokenizer:
+  """Returns the tokenizer of a local model directory as a tokenizers.Tokenizer; FileNotFoundError if it has none."""
   cfg = _read_json(os.path.join(directory, "tokenizer_config.json"))
   if os.path.isfile(os.path.join(directory, "tokenizer.json")):
     return Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))

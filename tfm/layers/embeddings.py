@@ -1,19 +1,29 @@
-"""Token, position and token-type embeddings, and the tied output projection."""
+"""What enters the stack of layers and what leaves it.
+
+In: the token table (`Embed`), `InputEmbedding` (tokens + learned or sinusoidal positions + token
+types), and the position schemes a model builds once at its top: packed-segment positions, T5's
+relative-position bias and ALiBi (biases are [batch, heads, q_len, kv_len] arrays that the attention
+core adds to the scores; RoPE rotates q and k inside the attention layer, tfm.layers.block).
+Out: the LM / MLM head (tied to the token table, or its own projection), BERT's pooler, sequence
+pooling and the classification head.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from tfm import ops
 from tfm.config import ModelConfig
-from tfm.layers.dense import matmul_t
-from tfm.layers.dtypes import to_dtype
-from tfm.layers.norms import Norm
-from tfm.layers.positions import sinusoidal
+from tfm.layers.primitives import Dense, Norm, activation, to_dtype
+
+# ----------------------------------------------------------------------------------------------
+# In: tokens and positions
+# ----------------------------------------------------------------------------------------------
 
 
 class Embed(nn.Module):
@@ -39,7 +49,7 @@ class Embed(nn.Module):
     """Returns x · tableᵀ: [..., num_embeddings] (the tied LM head)."""
     dtype = to_dtype(self.dtype)
     lead = x.shape[:-1]
-    logits = matmul_t(x.astype(dtype).reshape(-1, x.shape[-1]), self.embedding.astype(dtype))  # [tokens, vocab]
+    logits = ops.matmul_t(x.astype(dtype).reshape(-1, x.shape[-1]), self.embedding.astype(dtype))  # [tokens, vocab]
     return logits.reshape(lead + (self.num_embeddings,))
 
 
@@ -72,3 +82,162 @@ class InputEmbedding(nn.Module):
       x = Norm(c, name="embed_norm")(x)
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def sinusoidal(positions: jax.Array, dim: int, max_timescale: float = 10000.0) -> jax.Array:
+  """Returns [batch, len, dim] sinusoids: sin in the first half, cos in the second (tensor2tensor layout)."""
+  half = dim // 2
+  inv = np.exp(-math.log(max_timescale) * np.arange(half) / max(half - 1, 1)).astype(np.float32)
+  angles = positions.astype(jnp.float32)[..., None] * inv  # [batch, len, half]
+  out = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  if dim % 2:
+    out = jnp.pad(out, ((0, 0), (0, 0), (0, 1)))
+  return out
+
+
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+  """Returns [batch, len] positions that restart at 0 at the start of every packed segment."""
+  length = segment_ids.shape[1]
+  idx = jnp.broadcast_to(jnp.arange(length), segment_ids.shape)
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  # Index of the current segment's first token: running max of start indices.
+  first = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+  return idx - first
+
+
+class RelativePositionBias(nn.Module):
+  """T5's learned bias per (bucket of key - query offset, head), shared by all layers of a stack."""
+
+  config: ModelConfig
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, q_positions: jax.Array, kv_positions: jax.Array) -> jax.Array:
+    """Returns the bias [batch, heads, q_len, kv_len] in float32."""
+    c = self.config
+    table = self.param("rel_embedding",
+                       nn.with_logical_partitioning(nn.initializers.normal(c.relative_bias_std), ("rel_buckets", "heads")),
+                       (c.relative_buckets, c.num_heads), to_dtype(c.param_dtype))
+    rel = kv_positions[:, None, :] - q_positions[:, :, None]  # [batch, q_len, kv_len]
+    buckets = relative_bucket(rel, self.bidirectional, c.relative_buckets, c.relative_max_distance)
+    bias = jnp.take(table.astype(jnp.float32), buckets, axis=0)  # [batch, q_len, kv_len, heads]
+    return jnp.transpose(bias, (0, 3, 1, 2))
+
+
+def relative_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
+                    max_distance: int) -> jax.Array:
+  """Returns T5's bucket index for each (key - query) offset: exact for small, log-spaced for large."""
+  ret = 0
+  n = -relative_position
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  # Log-spaced buckets from max_exact to max_distance; float32 as in the reference implementation.
+  val_if_large = max_exact + (
+      jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact) / math.log(max_distance / max_exact)
+      * (num_buckets - max_exact)).astype(jnp.int32)
+  val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
+  return ret + jnp.where(is_small, n, val_if_large)
+
+
+def alibi_bias(q_positions: jax.Array, kv_positions: jax.Array, num_heads: int) -> jax.Array:
+  """Returns the ALiBi bias -slope_h * |q_pos - kv_pos| as [batch, heads, q_len, kv_len]."""
+  dist = jnp.abs(q_positions[:, :, None] - kv_positions[:, None, :]).astype(jnp.float32)
+  return -alibi_slopes(num_heads)[None, :, None, None] * dist[:, None]
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+  """Returns the ALiBi slope of every head (geometric, as in Press et al. 2022)."""
+  def power_of_2(n):
+    start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+    return [start * start ** i for i in range(n)]
+  if math.log2(num_heads).is_integer():
+    return np.array(power_of_2(num_heads), np.float32)
+  closest = 2 ** math.floor(math.log2(num_heads))
+  return np.array(power_of_2(closest) + power_of_2(2 * closest)[0::2][: num_heads - closest], np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Out: heads
+# ----------------------------------------------------------------------------------------------
+
+
+class LMHead(nn.Module):
+  """Hidden states -> vocabulary logits; tied to the token embedding or its own projection."""
+
+  config: ModelConfig
+  token_embed: Embed
+
+  @nn.compact
+  def __call__(self, x):
+    """Returns logits [batch, length, vocab]."""
+    c = self.config
+    kw = dict(init_std=c.kernel_std, dtype=c.dtype, param_dtype=c.param_dtype)
+    if c.lm_transform:
+      x = activation(c.mlp)(Dense((c.d_model,), ("embed", "embed"), use_bias=True, name="transform", **kw)(x))
+      x = Norm(c, name="transform_norm")(x)
+    if c.tie_embeddings:
+      if c.scale_tied_logits:
+        x = x * (c.d_model ** -0.5)
+      logits = self.token_embed.attend(x)
+    else:
+      logits = Dense((c.vocab_size,), ("embed", "vocab"), use_bias=False, name="output",
+                     **dict(kw, init_std=c.embed_std))(x)
+    if c.lm_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)), (c.vocab_size,),
+                        to_dtype(c.param_dtype))
+      logits = logits + bias.astype(logits.dtype)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+class Pooler(nn.Module):
+  """BERT's pooler: dense + tanh on the first ([CLS]) token."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, hidden):
+    """Returns the pooled output [batch, embed]."""
+    c = self.config
+    return jnp.tanh(Dense((c.d_model,), ("embed", "embed"), init_std=c.kernel_std, dtype=c.dtype,
+                          param_dtype=c.param_dtype, name="dense")(hidden[:, 0]))
+
+
+class ClassifierHead(nn.Module):
+  """Pooled features -> [batch, num_labels] logits (optionally through dense + tanh first)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, pooled, deterministic=True):
+    """Returns the classification logits [batch, num_labels]."""
+    c = self.config
+    kw = dict(init_std=c.kernel_std, dtype=c.dtype, param_dtype=c.param_dtype)
+    x = nn.Dropout(c.dropout_rate)(pooled, deterministic=deterministic)
+    if c.classifier_hidden:
+      x = jnp.tanh(Dense((c.d_model,), ("embed", "embed"), name="dense", **kw)(x))
+      x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+    return Dense((c.num_labels,), ("embed", "labels"), use_bias=c.classifier_bias, name="out", **kw)(x)
+
+
+def pool(hidden: jax.Array, mask, mode: str) -> jax.Array:
+  """Returns [batch, embed]: the first token, the last real token, or the masked mean of hidden."""
+  # hidden: [batch, length, embed]; mask: [batch, length] 1/0 or None (all real)
+  if mode == "first":
+    return hidden[:, 0]
+  if mask is None:
+    mask = jnp.ones(hidden.shape[:2], jnp.int32)
+  mask = mask.astype(jnp.int32)
+  if mode == "last":
+    length = hidden.shape[1]
+    # Last index whose mask is 1 (works for right and left padding alike).
+    last = length - 1 - jnp.argmax(mask[:, ::-1], axis=1)
+    return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+  m = mask[..., None].astype(hidden.dtype)
+  return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1)

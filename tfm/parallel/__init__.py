@@ -4,11 +4,12 @@
 - `sharding`: logical axis rules -> NamedShardings for parameters, optimizer state and batches;
   sharded initialisation.
 - `step`: the train / eval step under jax.jit over the mesh, or jax.pmap over local devices.
-- `checkpoint`: orbax save / restore onto another mesh.
 - `report`: each array's sharding and the bytes per device.
+
+Checkpoints move to another mesh through `tfm.checkpoint`: `Checkpoints.restore` onto the target
+that `abstract_state` builds.
 """
 
-from tfm.parallel.checkpoint import restore_state, restore_target, save_state
 from tfm.parallel.mesh import (MESH_AXES, distributed_plan, initialize_distributed, make_mesh, mesh_from_config,
                                mesh_shape, process_batch_slice)
 from tfm.parallel.report import memory_per_device, plan, sharding_report

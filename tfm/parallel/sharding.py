@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tfm.axes import DEFAULT_RULES
+from tfm.checkpoint import abstract_like
 
 Rules = Sequence[tuple]
 
@@ -178,7 +179,7 @@ def abstract_state(init_fn: Callable, mesh: Mesh, rules: Optional[Rules] = None,
   abstract = jax.eval_shape(init_fn, *args)
   shardings = state_shardings(abstract, mesh, rules)
   unboxed = nn.meta.unbox(abstract)
-  target = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unboxed, shardings)
+  target = abstract_like(unboxed, shardings)
   return target, shardings
 
 

@@ -1,14 +1,14 @@
-"""Classification metrics of one evaluation, computed by scikit-learn from labels and predictions."""
+"""Classification metrics of one evaluation: the model's predictions on the validation examples, scored by sklearn."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import jax
 import numpy as np
 from sklearn import metrics as skm
 
-# Metrics a run can select as `train.best_metric` (all: higher is better).
-SELECTABLE = ("accuracy", "macro_f1", "mcc")
+from tfm.train.objectives import classify_logits
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, label_names: Sequence[str]) -> dict:
@@ -27,3 +27,16 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, label_na
       # rows: true label, columns: predicted label, in the order of label_names
       "confusion_matrix": skm.confusion_matrix(labels, predictions, labels=ids).tolist(),
   }
+
+
+def classification_eval(model, params, data, predict=None) -> dict:
+  """Returns the validation metrics of a ClassifyData: accuracy, macro_f1, mcc, per_class, confusion_matrix."""
+  if predict is None:
+    predict = jax.jit(lambda p, b: classify_logits(model, p, b))
+  preds, labels = [], []
+  for batch in data.eval_batches():
+    keep = batch["weights"] > 0
+    logits = np.asarray(jax.device_get(predict(params, batch)))  # [batch, num_labels]
+    preds.append(np.argmax(logits, -1)[keep])
+    labels.append(batch["labels"][keep])
+  return classification_metrics(np.concatenate(labels), np.concatenate(preds), data.label_names)

@@ -26,10 +26,12 @@ import numpy as np
 
 import tfm
 from tfm import hostmem
-from tfm.data.dataset import RunData
+from tfm.checkpoint import Checkpoints, abstract_like, resolve_model
+from tfm.data.dataset import ClassifyData, RunData
+from tfm.data.tokenizers import check_for_training, save_tokenizer
 from tfm.train import defaults
-from tfm.train.checkpoint import Checkpoints
-from tfm.train.objectives import Task, get_task
+from tfm.train.classify_metrics import classification_eval
+from tfm.train.objectives import LOWER_IS_BETTER, Task, get_task
 from tfm.train.optim import learning_rate_schedule, make_optimizer
 from tfm.train.sample import sample_continuation
 from tfm.train.state import TrainState, create_train_state
@@ -42,26 +44,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ------------------------------------------------------------------------------------------------
-# Config checks and the model config
+# The model config (the training config is checked by tfm.train.defaults.check_config)
 # ------------------------------------------------------------------------------------------------
-
-
-def check_config(config) -> None:
-  """Raises ValueError naming the field when a training config value is not allowed."""
-  t = config.train
-  for name in ("steps", "batch_size", "micro_batches", "eval_every", "eval_batches", "checkpoint_every",
-               "keep_checkpoints", "log_every"):
-    v = t[name]
-    if not (isinstance(v, int) and v > 0):
-      raise ValueError(f"config field 'train.{name}' must be a positive integer; got {v!r}")
-  if t.batch_size % t.micro_batches:
-    raise ValueError(f"config field 'train.batch_size' ({t.batch_size}) must be divisible by "
-                     f"'train.micro_batches' ({t.micro_batches})")
-  if not (isinstance(config.data.seq_len, int) and config.data.seq_len > 1):
-    raise ValueError(f"config field 'data.seq_len' must be an integer > 1; got {config.data.seq_len!r}")
-  if config.parallel not in ("jit", "pmap"):
-    raise ValueError(f"config field 'parallel' must be 'jit' or 'pmap'; got {config.parallel!r}")
-  get_task(config.task)
 
 
 def model_config(config, task: Task, tokenizer, base: Optional[tfm.ModelConfig] = None,
@@ -134,8 +118,7 @@ def make_runtime(config, model, tx, task: Task, example_batch: dict) -> Runtime:
   single = jax.device_count() == 1 and config.parallel == "jit" and all(v in (1, -1) for v in (m.data, m.fsdp, m.tensor))
   if single:
     state = jax.jit(lambda: nn.meta.unbox(init_fn()))()
-    # With the sharding (one device here): orbax then restores checkpoints written on any mesh.
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    abstract = abstract_like(state)  # with the sharding (one device here): restores checkpoints of any mesh
     return Runtime(state, jax.jit(step(), donate_argnums=0), jax.jit(evaluate), abstract,
                    f"jit on {jax.devices()[0].platform}")
   return _parallel_runtime(config, init_fn, step, evaluate)
@@ -153,7 +136,7 @@ def _parallel_runtime(config, init_fn, step, evaluate) -> Runtime:
   local = lambda b: jax.tree_util.tree_map(lambda x: x[rows], b)  # this process's rows of the global batch
   if config.parallel == "pmap":
     state = parallel.replicate(jax.jit(lambda: nn.meta.unbox(init_fn()))())
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    abstract = abstract_like(state)
     train = parallel.pmap_step(step(parallel.PMAP_AXIS), axis_name_kwarg=None)
     evaluate_p = parallel.pmap_step(lambda p, b: evaluate(p, b, axis_name=parallel.PMAP_AXIS), axis_name_kwarg=None,
                                     donate=False)
@@ -164,7 +147,7 @@ def _parallel_runtime(config, init_fn, step, evaluate) -> Runtime:
   rules = parallel.logical_rules(config)
   rows = parallel.process_rows(config.train.batch_size, mesh, rules)  # jit: the rows this process's devices hold
   state, shardings = parallel.sharded_init(init_fn, mesh, rules)
-  abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+  abstract = abstract_like(state, shardings)
   train = parallel.jit_step(step(), mesh, shardings, rules)
   evaluate_c = parallel.jit_step(lambda params, batch: evaluate(params, batch), mesh, shardings.params, rules,
                                  returns_state=False)
@@ -178,25 +161,46 @@ def _parallel_runtime(config, init_fn, step, evaluate) -> Runtime:
 # ------------------------------------------------------------------------------------------------
 
 
-def _load_init_params(path: str, state_params):
-  """Returns params read from `path` (tfm.hf.checkpoint.load_params), checked against the model's shapes."""
-  from tfm.hf.checkpoint import load_params
-  _, loaded = load_params(path)
-  loaded = nn.meta.unbox(loaded)
-  want = jax.tree_util.tree_map(lambda x: tuple(x.shape), state_params)
-  got = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), loaded)
-  if want != got:
-    raise ValueError(f"init_from={path!r}: parameter shapes do not match the model ({config_diff(want, got)})")
-  return jax.tree_util.tree_map(lambda ref, x: jnp.asarray(x, ref.dtype), state_params, loaded)
+NEW_HEAD_MODULES = ("classifier", "pooler")  # parameters a classifier may add to the model it starts from
 
 
-def config_diff(want, got) -> str:
-  """Returns a short description of where two shape trees differ."""
-  fw = dict(jax.tree_util.tree_flatten_with_path(want)[0])
-  fg = dict(jax.tree_util.tree_flatten_with_path(got)[0])
-  diffs = [f"{jax.tree_util.keystr(k)}: model {fw.get(k)} vs file {fg.get(k)}" for k in set(fw) | set(fg)
-           if fw.get(k) != fg.get(k)]
-  return "; ".join(sorted(diffs)[:5])
+def start_params(fresh, loaded, source: str, log=print):
+  """Returns `fresh` params with every parameter taken from `loaded` (shapes checked, cast to fresh's dtypes).
+
+  Only a classification head is new: the label projection always (its labels are this run's), the
+  pooler when `loaded` has none. Any other parameter missing from `loaded` is a ValueError.
+  """
+  flat_new = dict(jax.tree_util.tree_flatten_with_path(nn.meta.unbox(fresh))[0])
+  flat_old = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(nn.meta.unbox(loaded))[0]}
+  out, new = {}, []
+  for k, v in flat_new.items():
+    name = jax.tree_util.keystr(k)
+    if "['classifier']" in name:
+      out[k], _ = v, new.append(name)
+    elif name in flat_old:
+      if tuple(np.shape(flat_old[name])) != tuple(v.shape):
+        raise ValueError(f"init_from={source}: parameter {name} has shape {tuple(np.shape(flat_old[name]))} in the "
+                         f"checkpoint but {tuple(v.shape)} in the model; the checkpoint and the model config differ")
+      arr = jnp.asarray(flat_old[name], v.dtype)
+      out[k] = jax.device_put(arr, v.sharding) if hasattr(v, "sharding") else arr
+    elif any(f"['{h}']" in name for h in NEW_HEAD_MODULES):
+      out[k], _ = v, new.append(name)
+    else:
+      raise ValueError(f"init_from={source}: the checkpoint has no parameter {name}; it does not match the model "
+                       f"(checkpoint parameters: {sorted(flat_old)[:8]} ...)")
+  log(f"initialised params from {source}" + (f"; new (randomly initialised) head parameters: {new}" if new else ""))
+  treedef = jax.tree_util.tree_structure(nn.meta.unbox(fresh))
+  return jax.tree_util.tree_unflatten(treedef, [out[k] for k in flat_new])
+
+
+def _keep_tokenizer(tokenizer, workdir: str, config) -> None:
+  """Saves the start point's tokenizer as WORKDIR/tokenizer.json, where the run's data reads it.
+
+  A run that already has one keeps it (resume); an explicit `data.tokenizer` file wins.
+  """
+  path = os.path.join(workdir, "tokenizer.json")
+  if not os.path.exists(path) and not config.data.tokenizer.endswith(".json"):
+    save_tokenizer(check_for_training(tokenizer, f"init_from={config.init_from!r}"), path)
 
 
 def evaluate(runtime: Runtime, params, data: RunData) -> dict:
@@ -248,29 +252,26 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
   loss becomes NaN / inf. On SIGTERM it saves a checkpoint and returns with summary["stopped"]="sigterm".
   """
   t_start = time.time()
-  check_config(config)
+  defaults.check_config(config)  # every field, before any data is read
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   task = get_task(config.task)
   t = config.train
-  start_point = None
+  # The model to start from (a run, params or Hugging Face directory): its architecture replaces the
+  # preset, its tokenizer becomes the run's.
+  pretrained = resolve_model(config.init_from) if config.init_from else None
+  if pretrained is not None and pretrained.tokenizer is not None:
+    _keep_tokenizer(pretrained.tokenizer, workdir, config)
+  base = pretrained.config if pretrained is not None else None
   if task.source == "labelled":
-    from tfm.train import classify
-    if config.init_from:
-      start_point = classify.prepare_start_point(config.init_from, workdir)
-    data = classify.ClassifyData(config, task, workdir, log=log, hf_tokenizer=start_point and start_point.hf_tokenizer)
-    mc = model_config(config, task, data.encoder, base=start_point and start_point.config,
-                      num_labels=len(data.label_names))
+    data = ClassifyData(config, task, workdir, log=log)
+    mc = model_config(config, task, data.tokenizer, base=base, num_labels=len(data.label_names))
   else:
     data = RunData(config, task, workdir, log=log)
-    base = None
-    if config.init_from:
-      from tfm.hf.checkpoint import load_config
-      base = load_config(config.init_from)  # the architecture of the params we start from
     mc = model_config(config, task, data.tokenizer, base=base)
-  best_metric = t.get("best_metric", "loss")  # eval metric that picks the best checkpoint
-  higher_better = best_metric != "loss"
-  patience = int(t.get("early_stopping_patience", 0))  # evals without improvement before stopping (0: off)
+  best_metric = t.best_metric  # eval metric that picks the best checkpoint
+  higher_better = best_metric not in LOWER_IS_BETTER
+  patience = t.early_stopping_patience  # evals without improvement before stopping (0: off)
   model = tfm.build(mc)
   tx = make_optimizer(config.optimizer, t.steps)
   schedule = learning_rate_schedule(config.optimizer, t.steps)
@@ -290,14 +291,10 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
     log(f"resumed from {ckpts.dir}/{int(state.step)} (step {int(state.step)}, data position {meta['data_position']})")
   else:
     state = runtime.state
-    if start_point is not None:
-      state = state.replace(params=classify.merge_backbone(state.params, start_point.params, config.init_from, log))
+    if pretrained is not None:
+      state = state.replace(params=start_params(state.params, pretrained.params, config.init_from, log))
       state = state.replace(opt_state=tx.init(state.params))
-    elif config.init_from:
-      state = state.replace(params=_load_init_params(config.init_from, state.params))
-      state = state.replace(opt_state=tx.init(state.params))
-      log(f"initialised params from {config.init_from}")
-  del runtime.state
+  del runtime.state, pretrained  # the state holds the params now
   start = int(state.step)
   writer = MetricsWriter(workdir, resume_step=start, start_time=t_start)
   log(f"model {config.model} ({mc.family}, {num_params:,} params), task {task.name}, {runtime.description}; "
@@ -349,7 +346,7 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
         if is_eval:
           ev = evaluate(runtime, state.params, data)
           if task.source == "labelled":
-            details = classify.classification_eval(model, state.params, data)
+            details = classification_eval(model, state.params, data)
             ev.update({k: v for k, v in details.items() if isinstance(v, float)})
             write_json(os.path.join(workdir, "eval_classification.json"), {"step": step, **details})
           last_eval = writer.write(step, "eval", ev)

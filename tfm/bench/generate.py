@@ -1,6 +1,6 @@
 """Generation speed: tfm.generate vs Hugging Face generate() in PyTorch, same weights, same run.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -m tfm.bench_generate [--batches 1,8 --iters 7 --no-torch]
+    HF_HUB_OFFLINE=1 .venv/bin/python -m tfm.bench.generate [--batches 1,8 --iters 7 --no-torch]
 
 Model: the 6-layer, 384-wide, 6-head GPT (vocab 65, 256 positions; the shape of
 ../shared/bench/bench_generate_torch.py). A GPT2LMHeadModel with random weights is built by
@@ -66,7 +66,7 @@ class _TorchSide:
   """The PyTorch worker process: `call(ids, new)` returns (seconds, new tokens)."""
 
   def __init__(self, directory: str, threads: int = 0):
-    self.proc = subprocess.Popen([sys.executable, "-m", "tfm.bench_generate", "--torch-worker", directory,
+    self.proc = subprocess.Popen([sys.executable, "-m", "tfm.bench.generate", "--torch-worker", directory,
                                   "--torch-threads", str(threads)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                  env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
@@ -151,7 +151,7 @@ def run(batches=(1, 8), prompt_len: int = 32, new_tokens: int = 128, iters: int 
 
 def main(argv: Optional[list] = None) -> None:
   """Parses flags, runs the benchmark, prints a table and the JSON result."""
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m tfm.bench.generate", description=__doc__.split("\n")[0])
   p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
   p.add_argument("--prompt-len", type=int, default=32)
   p.add_argument("--new-tokens", type=int, default=128)
