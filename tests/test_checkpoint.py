@@ -13,25 +13,7 @@ import pytest
 import tfm
 from tfm.checkpoint import abstract_like, resolve_model, run_params, save_params
 from tfm.train import train_and_evaluate
-from tfm.train.defaults import base_config
-
-
-def lm_config(tmp_path, **train):
-  """Returns a config for a few-second language-model run on pydoc_topics with a tiny gpt2."""
-  c = base_config()
-  c.model = "gpt2-tiny"
-  c.model_overrides.num_layers = 1
-  c.model_overrides.d_model = 32
-  c.model_overrides.d_ff = 64
-  c.model_overrides.num_heads = 2
-  c.data.data_dir = str(tmp_path / "tfds")
-  c.data.seq_len = 32
-  c.train.update(dict(steps=6, batch_size=4, eval_every=6, eval_batches=2, checkpoint_every=6, log_every=3,
-                      sample_tokens=0, progress=False, eval_at_start=False))
-  c.train.update(train)
-  c.optimizer.warmup_steps = 1
-  c.lock()
-  return c
+from tiny_runs import lm_config
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ def sst2_config(tmp_path, **over):
   c.data.seq_len = 32
   c.train.update(dict(steps=40, batch_size=16, eval_every=20, checkpoint_every=20, log_every=10, progress=False))
   c.optimizer.warmup_steps = 5
-  for k, v in over.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+  c.update_from_flattened_dict(over)
   c.lock()
   return c
 

@@ -20,7 +20,7 @@ from tfm import convert  # noqa: E402
 from tfm.checkpoint import resolve_model, run_params  # noqa: E402
 from tfm.generate.__main__ import main as generate_main  # noqa: E402
 from tfm.train import train_and_evaluate  # noqa: E402
-from tfm.train.defaults import base_config  # noqa: E402
+from tiny_runs import lm_config  # noqa: E402
 
 IDS = np.array([[5, 77, 120, 33, 9, 250, 14, 61], [100, 3, 18, 200, 42, 7, 88, 19]], np.int32)
 
@@ -28,15 +28,8 @@ IDS = np.array([[5, 77, 120, 33, 9, 250, 14, 61], [100, 3, 18, 200, 42, 7, 88, 1
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("run")
-  c = base_config()  # the quick start's model and data, made tiny
-  c.model_overrides.d_model = 32
-  c.model_overrides.d_ff = 64
-  c.data.data_dir = str(tmp / "tfds")
-  c.data.seq_len = 32
-  c.train.update(dict(steps=4, batch_size=4, eval_every=4, eval_batches=1, checkpoint_every=4, log_every=2,
-                      sample_tokens=0, progress=False, eval_at_start=False))
-  c.optimizer.warmup_steps = 1
-  c.lock()
+  # The quick start's model (llama-test: a LlamaForCausalLM once exported) and data, made tiny.
+  c = lm_config(tmp, model="llama-test", steps=4, eval_every=4, checkpoint_every=4)
   wd = str(tmp / "runs" / "default")
   train_and_evaluate(c, wd, log=lambda *_: None)
   return wd

@@ -47,12 +47,7 @@ def tiny(objective="lm", **fields):
   c.train.update(dict(steps=12, batch_size=4, eval_every=4, eval_batches=2, checkpoint_every=12, log_every=4,
                       sample_tokens=0, progress=False))
   c.optimizer.warmup_steps = 2
-  for path, v in fields.items():
-    node = c
-    *parents, last = path.split(".")
-    for p in parents:
-      node = node[p]
-    node[last] = v
+  c.update_from_flattened_dict(fields)
   return c
 
 
