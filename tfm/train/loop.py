@@ -175,16 +175,15 @@ def start_params(fresh, loaded, source: str, log=print):
   out, new = {}, []
   for k, v in flat_new.items():
     name = jax.tree_util.keystr(k)
-    if "['classifier']" in name:
-      out[k], _ = v, new.append(name)
-    elif name in flat_old:
+    if name in flat_old and "['classifier']" not in name:  # the label projection is always this run's own
       if tuple(np.shape(flat_old[name])) != tuple(v.shape):
         raise ValueError(f"init_from={source}: parameter {name} has shape {tuple(np.shape(flat_old[name]))} in the "
                          f"checkpoint but {tuple(v.shape)} in the model; the checkpoint and the model config differ")
       arr = jnp.asarray(flat_old[name], v.dtype)
       out[k] = jax.device_put(arr, v.sharding) if hasattr(v, "sharding") else arr
     elif any(f"['{h}']" in name for h in NEW_HEAD_MODULES):
-      out[k], _ = v, new.append(name)
+      out[k] = v
+      new.append(name)
     else:
       raise ValueError(f"init_from={source}: the checkpoint has no parameter {name}; it does not match the model "
                        f"(checkpoint parameters: {sorted(flat_old)[:8]} ...)")
