@@ -59,6 +59,19 @@ def _mask(kind):
   return core.combine_masks(*(parts[p] for p in kind.split("+")))
 
 
+def _structure(kind):
+  """Returns the tfm.attention.Mask of the same kind as _mask (None for "none")."""
+  if kind == "none":
+    return None
+  pos = jnp.broadcast_to(jnp.arange(T), (B, T))
+  valid = jnp.ones((B, T), jnp.int32).at[1, 9:].set(0)
+  seg = jnp.array([[1] * 5 + [2] * 7, [1] * 8 + [2] * 4])
+  parts = kind.split("+")
+  return core.self_mask(T, causal="causal" in parts, positions=pos,
+                        attention_mask=valid if "padding" in parts else None,
+                        segment_ids=seg if "segment" in parts else None, window=3 if "window" in parts else None)
+
+
 @pytest.mark.parametrize("heads,mask_kind,with_bias",
                          list(itertools.product(HEADS, MASKS, [False, True])))
 def test_core_matches_numpy_and_jax_nn(heads, mask_kind, with_bias):
@@ -74,6 +87,11 @@ def test_core_matches_numpy_and_jax_nn(heads, mask_kind, with_bias):
     assert out.shape == (B, T, h, D)
     assert np.max(np.abs(np.asarray(out, np.float64) - ref)) <= 1e-5, impl
     assert np.max(np.abs(np.asarray(out) - np.asarray(jax_nn))) <= 1e-5, impl
+  if bias is None:  # the same mask given as structure (a dense bias is for the dense paths only)
+    for impl in ("auto", "xla", "reference"):
+      out = core.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=_structure(mask_kind),
+                                       implementation=impl)
+      assert np.max(np.abs(np.asarray(out, np.float64) - ref)) <= 1e-5, impl
 
 
 def test_custom_scale_and_cross_lengths():
@@ -175,25 +193,27 @@ def test_causal_blocks_match_numpy_and_jax_nn_is_causal(length, heads, with_bias
   valid = np.ones((2, length), bool)
   valid[1, length // 3:] = False  # padding keys: a [batch, 1, 1, kv_len] mask that broadcasts over queries
   mask = core.padding_mask(None, jnp.asarray(valid)) if pad_rows else None
+  structure = core.self_mask(length, causal=True, attention_mask=jnp.asarray(valid) if pad_rows else None)
+  dense_bias = bias
   tri = np.tril(np.ones((length, length), bool))[None, None]
   want = numpy_attention(q, k, v, mask=tri if mask is None else np.logical_and(tri, np.asarray(mask)), bias=bias)
   # everything runs under jit (as in a model): one compile per function instead of one per op
+  # The dense paths take the structure (the causal part as query blocks) and a dense bias of the same size.
   for impl in ("xla", "reference"):
-    got = jax.jit(functools.partial(core.dot_product_attention, causal=True, implementation=impl))(
-        q, k, v, bias=bias, mask=mask)
+    got = jax.jit(functools.partial(core.dot_product_attention, implementation=impl))(
+        q, k, v, bias=dense_bias, mask=structure)
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5)
   ref = jax.jit(functools.partial(jax.nn.dot_product_attention, is_causal=True))(q, k, v, bias=bias, mask=mask)
-  got = jax.jit(functools.partial(core.dot_product_attention, causal=True))(q, k, v, bias=bias, mask=mask)
+  got = jax.jit(functools.partial(core.dot_product_attention, implementation="xla"))(q, k, v, bias=bias, mask=structure)
   np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-5, rtol=1e-5)
-  # gradients equal those of the unsplit kernel given the causal mask explicitly
-  f = lambda causal: jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(core.dot_product_attention(
-      q, k, v, bias=bias, mask=core.combine_masks(mask, None if causal else jnp.asarray(tri)), causal=causal))),
-      argnums=(0, 1, 2)))
-  for a, b in zip(f(True)(q, k, v), f(False)(q, k, v)):
+  # gradients equal those of the unsplit kernel given the causal mask as a dense array
+  f = lambda m: jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(core.dot_product_attention(
+      q, k, v, bias=bias, mask=m, implementation="xla"))), argnums=(0, 1, 2)))
+  for a, b in zip(f(structure)(q, k, v), f(core.combine_masks(mask, jnp.asarray(tri)))(q, k, v)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
 
 
-def test_causal_needs_equal_lengths():
+def test_a_mask_must_describe_the_inputs():
   q = jnp.zeros((1, 4, 2, 8))
-  with pytest.raises(ValueError, match="q_len == kv_len"):
-    core.dot_product_attention(q, jnp.zeros((1, 6, 2, 8)), jnp.zeros((1, 6, 2, 8)), causal=True)
+  with pytest.raises(ValueError, match="mask describes 4 queries and 4 keys"):
+    core.dot_product_attention(q, jnp.zeros((1, 6, 2, 8)), jnp.zeros((1, 6, 2, 8)), mask=core.self_mask(4, causal=True))

@@ -20,7 +20,7 @@ POOLINGS = ("first", "last", "mean")
 CLASSIFIER_SOURCES = ("encoder", "decoder")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots")
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "reference")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "pallas", "reference")
 INITS = ("normal", "t5")
 
 
@@ -79,7 +79,7 @@ class ModelConfig:
   attention_dropout_rate: float = 0.0
   dtype: str = "float32"               # compute dtype
   param_dtype: str = "float32"
-  attention_impl: str = "xla"          # xla | cudnn | reference
+  attention_impl: str = "auto"         # auto | xla | blockwise | cudnn | pallas | reference (tfm.attention.dot_product_attention)
   scan_layers: bool = False            # lax.scan over layers (compile time flat in depth)
   remat: str = "none"                  # none | full | dots
   init: str = "normal"                 # normal | t5 (see `kernel_std`)

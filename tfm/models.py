@@ -61,6 +61,7 @@ class Tower(nn.Module):
     x = InputEmbedding(c, self.token_embed, name="embed")(input_ids, position_ids, token_type_ids, deterministic)
 
     window = c.sliding_window  # causal: the last `window` keys (Mistral); bidirectional: |q - k| < window (Longformer-style local attention)
+    # What the attention masks are made of (tfm.attention.structure): no [len, len] array is built here.
     if decode:
       # Position held by every cache slot: [batch, max_len]; relative bias and windows read it.
       slot_pos = self.variable("cache", "positions", jnp.zeros, (batch, length), jnp.int32)
@@ -69,14 +70,14 @@ class Tower(nn.Module):
         index.value = cache_index + length
       kv_positions = slot_pos.value
       if cached:
-        mask = core.cached_self_attention_mask(cache_index, position_ids, kv_positions,
-                                               attention_mask=attention_mask, window=window)
+        mask = core.cached_mask(cache_index, length, kv_positions.shape[1], q_positions=position_ids,
+                                kv_positions=kv_positions, attention_mask=attention_mask, window=window)
       else:
-        mask = core.self_attention_mask(position_ids, causal=True, attention_mask=attention_mask, window=window)
+        mask = core.self_mask(length, causal=True, positions=position_ids, attention_mask=attention_mask, window=window)
     else:
       kv_positions = position_ids
-      mask = core.self_attention_mask(position_ids, causal=self.causal, attention_mask=attention_mask,
-                                      segment_ids=segment_ids, window=window)
+      mask = core.self_mask(length, causal=self.causal, positions=position_ids, attention_mask=attention_mask,
+                            segment_ids=segment_ids, window=window)
 
     bias = None
     if c.position == "relative":
@@ -86,8 +87,8 @@ class Tower(nn.Module):
 
     cross_mask = None
     if self.has_cross:
-      cross_mask = core.cross_attention_mask(length, encoder_mask, segment_ids, encoder_segment_ids)
-    return Stack(c, self.num_layers, has_cross=self.has_cross, causal=self.causal, name="layers")(
+      cross_mask = core.cross_mask(length, encoder_mask, segment_ids, encoder_segment_ids)
+    return Stack(c, self.num_layers, has_cross=self.has_cross, name="layers")(
         x, encoded=encoded, self_mask=mask, self_bias=bias, cross_mask=cross_mask, positions=position_ids,
         cache_index=cache_index if cached else None, decode=decode, deterministic=deterministic)
 

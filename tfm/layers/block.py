@@ -30,7 +30,6 @@ class Stack(nn.Module):
   config: ModelConfig
   num_layers: int
   has_cross: bool = False
-  causal: bool = False  # the self-attention mask is causal (tfm.attention.dot_product_attention's `causal`)
 
   @nn.compact
   def __call__(self, x, *, encoded=None, self_mask=None, self_bias=None, cross_mask=None,
@@ -40,7 +39,7 @@ class Stack(nn.Module):
     block = Block
     if c.remat != "none":
       block = nn.remat(Block, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-    kw = dict(has_cross=self.has_cross, causal=self.causal, decode=decode, deterministic=deterministic)
+    kw = dict(has_cross=self.has_cross, decode=decode, deterministic=deterministic)
     args = (encoded, self_mask, self_bias, cross_mask, positions, cache_index)
     if c.scan_layers:
       scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
@@ -61,7 +60,6 @@ class Block(nn.Module):
 
   config: ModelConfig
   has_cross: bool = False
-  causal: bool = False
   decode: bool = False
   deterministic: bool = True
 
@@ -77,7 +75,7 @@ class Block(nn.Module):
   def __call__(self, x, encoded, self_mask, self_bias, cross_mask, positions, cache_index):
     """Returns (x [batch, length, embed], None): the layer output, in the form nn.scan expects."""
     c = self.config
-    attn = Attention(c, causal=self.causal, decode=self.decode, deterministic=self.deterministic, name="self_attention")
+    attn = Attention(c, decode=self.decode, deterministic=self.deterministic, name="self_attention")
     x = self._sublayer(x, lambda h: attn(h, h, mask=self_mask, bias=self_bias, positions=positions,
                                          cache_index=cache_index), "attention_norm")
     if self.has_cross:
@@ -93,7 +91,6 @@ class Attention(nn.Module):
 
   config: ModelConfig
   is_cross: bool = False
-  causal: bool = False  # self-attention whose mask hides later keys: the core may skip those blocks
   decode: bool = False
   deterministic: bool = True
 
@@ -131,7 +128,6 @@ class Attention(nn.Module):
     out = core.dot_product_attention(
         q, k, v, bias=bias, mask=mask, scale=d ** -0.5 if c.scale_attention else 1.0,
         dropout_rate=c.attention_dropout_rate, dropout_rng=dropout_rng, deterministic=self.deterministic,
-        causal=self.causal and not self.decode and not self.is_cross,
         implementation=c.attention_impl)  # [batch, q_len, heads, head_dim]
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return Dense((x_q.shape[-1],), ("heads", "kv", "embed"), contract=2, use_bias=c.use_bias, name="out", **kw)(out)

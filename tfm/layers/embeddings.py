@@ -2,8 +2,8 @@
 
 In: the token table (`Embed`), `InputEmbedding` (tokens + learned or sinusoidal positions + token
 types), and the position schemes a model builds once at its top: packed-segment positions, T5's
-relative-position bias and ALiBi (biases are [batch, heads, q_len, kv_len] arrays that the attention
-core adds to the scores; RoPE rotates q and k inside the attention layer, tfm.layers.block).
+relative-position bias and ALiBi (each a `tfm.attention.Bias`: the table or slopes plus positions, which
+the attention kernel turns into scores bias one block at a time; RoPE rotates q and k inside the attention layer, tfm.layers.block).
 Out: the LM / MLM head (tied to the token table, or its own projection), BERT's pooler, sequence
 pooling and the classification head.
 """
@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfm import attention as core
 from tfm import ops
 from tfm.config import ModelConfig
 from tfm.layers.primitives import Dense, Norm, activation, to_dtype
@@ -113,43 +114,19 @@ class RelativePositionBias(nn.Module):
   bidirectional: bool
 
   @nn.compact
-  def __call__(self, q_positions: jax.Array, kv_positions: jax.Array) -> jax.Array:
-    """Returns the bias [batch, heads, q_len, kv_len] in float32."""
+  def __call__(self, q_positions: jax.Array, kv_positions: jax.Array) -> core.Bias:
+    """Returns the bias as a `tfm.attention.Bias`: the table and the positions, computed per block by the kernel."""
     c = self.config
     table = self.param("rel_embedding",
                        nn.with_logical_partitioning(nn.initializers.normal(c.relative_bias_std), ("rel_buckets", "heads")),
-                       (c.relative_buckets, c.num_heads), to_dtype(c.param_dtype))
-    rel = kv_positions[:, None, :] - q_positions[:, :, None]  # [batch, q_len, kv_len]
-    buckets = relative_bucket(rel, self.bidirectional, c.relative_buckets, c.relative_max_distance)
-    bias = jnp.take(table.astype(jnp.float32), buckets, axis=0)  # [batch, q_len, kv_len, heads]
-    return jnp.transpose(bias, (0, 3, 1, 2))
+                       (c.relative_buckets, c.num_heads), to_dtype(c.param_dtype))  # [num_buckets, heads]
+    return core.Bias(table, q_positions, kv_positions, kind="relative", bidirectional=self.bidirectional,
+                     max_distance=c.relative_max_distance)
 
 
-def relative_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
-                    max_distance: int) -> jax.Array:
-  """Returns T5's bucket index for each (key - query) offset: exact for small, log-spaced for large."""
-  ret = 0
-  n = -relative_position
-  if bidirectional:
-    num_buckets //= 2
-    ret += (n < 0).astype(jnp.int32) * num_buckets
-    n = jnp.abs(n)
-  else:
-    n = jnp.maximum(n, 0)
-  max_exact = num_buckets // 2
-  is_small = n < max_exact
-  # Log-spaced buckets from max_exact to max_distance; float32 as in the reference implementation.
-  val_if_large = max_exact + (
-      jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact) / math.log(max_distance / max_exact)
-      * (num_buckets - max_exact)).astype(jnp.int32)
-  val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
-  return ret + jnp.where(is_small, n, val_if_large)
-
-
-def alibi_bias(q_positions: jax.Array, kv_positions: jax.Array, num_heads: int) -> jax.Array:
-  """Returns the ALiBi bias -slope_h * |q_pos - kv_pos| as [batch, heads, q_len, kv_len]."""
-  dist = jnp.abs(q_positions[:, :, None] - kv_positions[:, None, :]).astype(jnp.float32)
-  return -alibi_slopes(num_heads)[None, :, None, None] * dist[:, None]
+def alibi_bias(q_positions: jax.Array, kv_positions: jax.Array, num_heads: int) -> core.Bias:
+  """Returns the ALiBi bias -slope_h * |q_pos - kv_pos| as a `tfm.attention.Bias` (computed per block)."""
+  return core.Bias(jnp.asarray(alibi_slopes(num_heads)), q_positions, kv_positions, kind="alibi")
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:

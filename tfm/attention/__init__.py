@@ -17,12 +17,14 @@ Masks are built by the pure helpers below (`causal_mask`, `padding_mask`, `segme
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("xla", "cudnn", "reference")
+from tfm.attention.structure import Bias, Mask, cached_mask, cross_mask, relative_bucket, self_mask
+
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "pallas", "reference")
 
 # A finite "minus infinity": fully masked rows (padding queries) then give a uniform
 # distribution instead of NaN, and bf16/fp32 never overflow when a bias is added.
@@ -168,98 +170,136 @@ def _check_shapes(q, k, v):
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
-                          bias: Optional[jax.Array] = None,
-                          mask: Optional[jax.Array] = None,
+                          bias: Union[Bias, jax.Array, None] = None,
+                          mask: Union[Mask, jax.Array, None] = None,
                           scale: Optional[float] = None,
                           dropout_rate: float = 0.0,
                           dropout_rng: Optional[jax.Array] = None,
                           deterministic: bool = True,
-                          causal: bool = False,
-                          implementation: str = "xla") -> jax.Array:
+                          implementation: str = "auto") -> jax.Array:
   """Returns softmax(q kᵀ · scale + bias, masked) v as [batch, q_len, heads, head_dim].
 
-  `implementation`: "xla" or "cudnn" route through `jax.nn.dot_product_attention` (the cudnn
-  kernel needs a GPU and fp16/bf16 inputs); "reference" is a plain einsum. Attention dropout is
-  not supported by `jax.nn.dot_product_attention`, so a step with active dropout takes the
-  einsum path whatever the switch says. The softmax is computed in float32 in every path.
+  `mask` is a `Mask` (what the mask is made of: causal, padding, segments, window, cache slots) or a
+  dense bool array broadcastable to [batch, heads, q_len, kv_len]; `bias` a `Bias` (T5 buckets, ALiBi,
+  computed from positions) or a dense float array. Dense arrays are accepted by the dense paths only.
+  The softmax is computed in float32 in every path. `implementation` (ModelConfig.attention_impl):
 
-  `causal=True` (q_len == kv_len) also masks every key after its query by index. The kernel then
-  splits the queries into blocks (`causal_blocks`) and gives each block only the keys up to its
-  last query, skipping the score blocks above the diagonal: exact, and 3/8 fewer attention FLOPs
-  with 4 blocks. (A query row that the mask hides from every key, such as a padding query, then
-  averages the values of its block's key prefix rather than of all keys: still finite, still unused.)
+  - "reference": a plain einsum over the whole [q_len, kv_len] score matrix.
+  - "xla": `jax.nn.dot_product_attention` with a dense mask (built here from the Mask); causal
+    self-attention split into query blocks that skip the keys after their last query. Attention
+    dropout, which `jax.nn.dot_product_attention` does not take, runs on the einsum path.
+  - "blockwise": `tfm.attention.blockwise` (FlashAttention-2 in plain JAX, every backend): an online
+    softmax over key blocks, scores recomputed in the backward pass, empty blocks skipped; memory
+    O(len · block). Takes every mask, bias and attention dropout.
+  - "cudnn" (GPU, float16 / bfloat16): cuDNN's fused attention through `jax.nn.dot_product_attention`,
+    given causal / sequence lengths / window, never a dense mask. "pallas": the Pallas flash kernel
+    of the backend (GPU: `jax.experimental.pallas.ops.gpu.attention`, packed segments included; TPU:
+    splash attention). A case the fused kernel cannot take (a bias, attention dropout, a mask part it
+    has no argument for, a float32 input for cuDNN) runs on the blockwise path instead, never the dense one.
+  - "auto": the fused kernel of the backend where it takes the case, else on CPU the XLA path for
+    short sequences (under BLOCKWISE_MIN_LEN keys) and the blockwise path from there on.
   """
   _check_shapes(q, k, v)
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
+  if isinstance(mask, Mask) and (mask.q_len, mask.kv_len) != (q.shape[1], k.shape[1]):
+    raise ValueError(f"the mask describes {mask.q_len} queries and {mask.kv_len} keys; got q{q.shape}, k{k.shape}")
   if scale is None:
     scale = q.shape[-1] ** -0.5
   dropout_active = (not deterministic) and dropout_rate > 0.0
   if dropout_active and dropout_rng is None:
     raise ValueError("attention dropout is active (deterministic=False, dropout_rate > 0) but no dropout_rng was given")
+  rate = dropout_rate if dropout_active else 0.0
+  dense_input = (mask is not None and not isinstance(mask, Mask)) or (bias is not None and not isinstance(bias, Bias))
+  impl = choose_implementation(implementation, q, k, mask, bias, rate, dense_input)
+  if impl == "blockwise":
+    from tfm.attention import blockwise
+    return blockwise.attention(q, k, v, mask, bias, scale=scale, dropout_rate=rate, dropout_rng=dropout_rng)
+  if impl == "cudnn":
+    from tfm.attention import gpu
+    return gpu.cudnn_attention(q, k, v, mask, scale=scale)
+  if impl == "pallas_gpu":
+    from tfm.attention import gpu
+    return gpu.pallas_attention(q, k, v, mask, scale=scale)
+  if impl == "pallas_tpu":
+    from tfm.attention import tpu
+    return tpu.splash_attention(q, k, v, mask, scale=scale)
+  # The dense paths: the structure becomes arrays here.
+  if isinstance(bias, Bias):
+    bias = bias.dense()  # [batch, heads, q_len, kv_len]
+  causal = isinstance(mask, Mask) and mask.causal and mask.aligned
+  if isinstance(mask, Mask):
+    mask = mask.replace(causal=False).dense() if causal else mask.dense()
+  return _dense_attention(q, k, v, bias, mask, scale, rate, dropout_rng, causal, impl)
+
+
+BLOCKWISE_MIN_LEN = 1024  # "auto" on CPU: keys from which the blockwise path replaces the dense XLA one
+
+
+def _platform() -> str:
+  """Returns the platform the program is compiled for ("cpu", "gpu", "tpu"): JAX's default backend.
+
+  A fused kernel (cuDNN, Pallas) must be chosen when the program is traced, not when it is lowered:
+  it cannot be traced for another platform. A computation placed on a non-default backend names its
+  attention implementation explicitly.
+  """
+  return jax.default_backend()
+
+
+def choose_implementation(implementation: str, q, k, mask, bias, dropout_rate: float, dense_input: bool = False) -> str:
+  """Returns the path one attention call takes: "reference", "xla", "blockwise", "cudnn", "pallas_gpu" or
+  "pallas_tpu" (see `dot_product_attention` for what each takes and what falls back)."""
+  if implementation == "reference":
+    return "reference"
+  if dense_input:
+    if implementation in ("xla", "auto"):
+      return "xla"
+    raise ValueError(f"attention implementation {implementation!r} takes a Mask and a Bias (tfm.attention."
+                     f"structure), not dense arrays; dense ones go to 'xla' or 'reference'")
+  if implementation == "xla":
+    return "xla"
+  if implementation == "blockwise":
+    return "blockwise"
+  platform = _platform()
+  if implementation in ("cudnn", "pallas", "auto") and platform in ("gpu", "cuda", "rocm", "tpu"):
+    if platform == "tpu":
+      if implementation in ("pallas", "auto"):
+        from tfm.attention import tpu
+        if tpu.splash_supported(q, k, mask, bias, dropout_rate) is None:
+          return "pallas_tpu"
+    else:
+      from tfm.attention import gpu
+      if implementation in ("cudnn", "auto") and gpu.cudnn_supported(q, k, mask, bias, dropout_rate) is None:
+        return "cudnn"
+      if implementation in ("pallas", "auto") and gpu.pallas_supported(q, k, mask, bias, dropout_rate) is None:
+        return "pallas_gpu"
+    return "blockwise"
+  if implementation in ("cudnn", "pallas"):
+    return "blockwise"  # no such kernel on this backend: the path that runs everywhere
+  # auto on CPU
+  return "blockwise" if k.shape[1] >= BLOCKWISE_MIN_LEN else "xla"
+
+
+def _dense_attention(q, k, v, bias, mask, scale, rate, dropout_rng, causal, impl):
+  """Returns attention over dense mask / bias arrays: the einsum reference or `jax.nn.dot_product_attention`.
+
+  `causal=True` (q_len == kv_len) also masks every key after its query by index. The XLA path then
+  splits the queries into blocks (`causal_blocks`) and gives each block only the keys up to its
+  last query, skipping the score blocks above the diagonal: exact, and 3/8 fewer attention FLOPs
+  with 4 blocks. (A query row that the mask hides from every key, such as a padding query, then
+  averages the values of its block's key prefix rather than of all keys: still finite, still unused.)
+  """
   if causal:
-    q_len, kv_len = q.shape[1], k.shape[1]
-    if q_len != kv_len:
-      raise ValueError(f"causal attention needs q_len == kv_len (no cache); got q{q.shape}, k{k.shape}")
-    blocks = 1 if implementation == "cudnn" else causal_blocks(q_len)  # cudnn: untested here, kept whole
+    q_len = q.shape[1]
+    blocks = causal_blocks(q_len) if impl == "xla" else 1
     outs = []
     for i in range(blocks):  # queries lo:hi attend to keys :hi, the diagonal block causally
       lo, hi = i * q_len // blocks, (i + 1) * q_len // blocks
       diag = causal_mask(jnp.arange(lo, hi)[None], jnp.arange(hi)[None])  # [1, 1, hi - lo, hi]
       rng = dropout_rng if dropout_rng is None or blocks == 1 else jax.random.fold_in(dropout_rng, i)
-      outs.append(dot_product_attention(
-          q[:, lo:hi], k[:, :hi], v[:, :hi], bias=_block(bias, lo, hi, q_len),
-          mask=combine_masks(_block(mask, lo, hi, q_len), diag), scale=scale, dropout_rate=dropout_rate,
-          dropout_rng=rng, deterministic=deterministic, implementation=implementation))
+      outs.append(_dense_attention(q[:, lo:hi], k[:, :hi], v[:, :hi], _block(bias, lo, hi, q_len),
+                                   combine_masks(_block(mask, lo, hi, q_len), diag), scale, rate, rng, False, impl))
     return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
-  if implementation == "reference" or dropout_active:
-    return _reference_attention(q, k, v, bias, mask, scale, dropout_rate, dropout_rng, deterministic)
-  if bias is not None:
-    bias = bias.astype(q.dtype) if implementation == "cudnn" else bias
-  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
-                                      implementation=implementation)
-
-
-# ----------------------------------------------------------------------------------------------
-# Composite masks: what a model builds once at its top and passes to every layer
-# ----------------------------------------------------------------------------------------------
-
-
-def self_attention_mask(q_positions: jax.Array, *, causal: bool,
-                        attention_mask: Optional[jax.Array] = None,
-                        segment_ids: Optional[jax.Array] = None,
-                        window: Optional[int] = None) -> Optional[jax.Array]:
-  """Returns the [batch, 1, len, len] bool mask of a self-attention over a full sequence (or None)."""
-  # q_positions: [batch, len] (per-segment positions when packed); attention_mask: [batch, len] 1/0
-  idx = jnp.broadcast_to(jnp.arange(q_positions.shape[1]), q_positions.shape)
-  return combine_masks(
-      causal_mask(idx, idx) if causal else None,
-      padding_mask(None, attention_mask) if attention_mask is not None else None,
-      segment_mask(segment_ids, segment_ids) if segment_ids is not None else None,
-      sliding_window_mask(q_positions, q_positions, window) if window else None,
-  )
-
-
-def cached_self_attention_mask(cache_index: jax.Array, q_positions: jax.Array, kv_positions: jax.Array, *,
-                               attention_mask: Optional[jax.Array] = None,
-                               window: Optional[int] = None) -> jax.Array:
-  """Returns the [batch, 1, q_len, max_len] bool mask of new queries over a KV cache."""
-  # q_positions: [batch, q_len]; kv_positions: [batch, max_len], the position held in each cache slot.
-  # attention_mask, when given, covers every cache slot: [batch, max_len] (1 = real token).
-  batch, q_len = q_positions.shape
-  return combine_masks(
-      decode_mask(cache_index, q_len, kv_positions.shape[1], batch),
-      padding_mask(None, attention_mask) if attention_mask is not None else None,
-      sliding_window_mask(q_positions, kv_positions, window) if window else None,
-  )
-
-
-def cross_attention_mask(q_len: int, encoder_mask: Optional[jax.Array] = None,
-                         q_segments: Optional[jax.Array] = None,
-                         kv_segments: Optional[jax.Array] = None) -> Optional[jax.Array]:
-  """Returns the [batch, 1, q_len|1, kv_len] bool mask of decoder queries over encoder keys (or None)."""
-  del q_len  # the padding part broadcasts over queries
-  return combine_masks(
-      padding_mask(None, encoder_mask) if encoder_mask is not None else None,
-      segment_mask(q_segments, kv_segments) if q_segments is not None and kv_segments is not None else None,
-  )
+  if impl == "reference" or rate > 0.0:
+    return _reference_attention(q, k, v, bias, mask, scale, rate, dropout_rng, rate == 0.0)
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation="xla")
