@@ -143,9 +143,13 @@ def max_diff(a, b) -> float:
 
 # Commands ----------------------------------------------------------------------------------------
 
-def cmd_equivalence(family: str, steps: int = 3) -> dict:
-  """Returns per-run max |loss - ref| and max |param - ref| against the single-device reference."""
-  model, task, tx = setup(family)
+def cmd_equivalence(family: str, steps: int = 3, attention_impl: str = "auto", block: int = 0) -> dict:
+  """Returns per-run max |loss - ref| and max |param - ref| against the single-device reference
+  (`block`: blockwise attention's query and key block size, 0 for its defaults)."""
+  if block:
+    from tfm.attention import blockwise
+    blockwise.BLOCK_Q = blockwise.BLOCK_K = block
+  model, task, tx = setup(family, attention_impl=attention_impl)
   batches = make_batches(family, 1) * steps  # one batch again and again: the loss must fall
   t = time.time()
   ref_losses, ref_params = run_single(model, tx, task, batches)

@@ -8,6 +8,7 @@ import pytest
 
 import tfm
 from tfm import attention as core
+from tfm.attention import blockwise
 from tfm import axes
 from tfm.layers import embeddings as E
 from tfm.layers.block import apply_rope
@@ -40,6 +41,25 @@ def init(name, **overrides):
   return _CACHE[key]
 
 
+VARIANTS = {"alibi": dict(position="alibi"), "window": dict(sliding_window=3), "scan": dict(scan_layers=True),
+            "blockwise": dict(attention_impl="blockwise")}
+BLOCKWISE = ["gpt2-tiny:blockwise", "llama-test:window+blockwise", "gpt2-tiny:alibi+blockwise", "bert-tiny:blockwise",
+             "t5-tiny:blockwise", "bart-tiny:blockwise"]
+
+
+def variant(name, monkeypatch):
+  """Returns (model, params) of "preset:variant+variant" (VARIANTS); blockwise runs with blocks of 4 tokens,
+  so that the test lengths (5 to 10) span several blocks with a ragged last one."""
+  base, _, variants = name.partition(":")
+  over = {}
+  for v in filter(None, variants.split("+")):
+    over.update(VARIANTS[v])
+  if over.get("attention_impl") == "blockwise":
+    monkeypatch.setattr(blockwise, "BLOCK_Q", 4)
+    monkeypatch.setattr(blockwise, "BLOCK_K", 4)
+  return init(base, **over)
+
+
 def jitted_apply(m):
   """Returns jax.jit(m.apply), one per model: it runs as one compiled program, not op by op (faster)."""
   if id(m) not in _JIT:  # Linen modules are not hashable; the cached jit keeps m alive, so its id stays unique
@@ -57,12 +77,11 @@ def run(name, ids, dec_ids=None, **kw):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", DECODERS + ["gpt2-tiny:alibi", "gpt2-tiny:window"] + ENC_DECS)
-def test_causality(name):
+@pytest.mark.parametrize("name", DECODERS + ["gpt2-tiny:alibi", "gpt2-tiny:window"] + ENC_DECS
+                         + [b for b in BLOCKWISE if not b.startswith("bert")])
+def test_causality(name, monkeypatch):
   """Changing tokens after t never changes decoder logits at positions <= t."""
-  base, _, variant = name.partition(":")
-  over = {"alibi": dict(position="alibi"), "window": dict(sliding_window=3)}.get(variant, {})
-  m, p = init(base, **over)
+  m, p = variant(name, monkeypatch)
   ids = _ids((2, 10))
   t = 5
   changed = ids.at[:, t + 1:].set((ids[:, t + 1:] + 7) % 250 + 3)
@@ -77,10 +96,10 @@ def test_causality(name):
   assert np.max(np.abs(np.asarray(a[:, t + 1:]) - np.asarray(b[:, t + 1:]))) > 1e-4  # the test can fail
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_padding_equals_unpadded(name):
+@pytest.mark.parametrize("name", ALL + BLOCKWISE)
+def test_padding_equals_unpadded(name, monkeypatch):
   """A right-padded batch gives the same logits on real tokens as each example alone."""
-  m, p = init(name)
+  m, p = variant(name, monkeypatch)
   lengths = [7, 4]
   ids = _ids((2, 7))
   mask = (jnp.arange(7)[None] < jnp.array(lengths)[:, None]).astype(jnp.int32)
@@ -102,10 +121,10 @@ def test_padding_equals_unpadded(name):
 
 
 @pytest.mark.parametrize("name", ["gpt2-tiny", "llama-test", "bert-tiny", "t5-tiny", "bart-tiny",
-                                  "transformer-tiny"])
-def test_packing_equals_separate(name):
+                                  "transformer-tiny"] + BLOCKWISE)
+def test_packing_equals_separate(name, monkeypatch):
   """Two sequences packed with segment ids give the same outputs as each run alone."""
-  m, p = init(name)
+  m, p = variant(name, monkeypatch)
   a, b = _ids((1, 5), seed=3), _ids((1, 6), seed=4)
   packed = jnp.concatenate([a, b], axis=1)
   seg = jnp.array([[1] * 5 + [2] * 6])
@@ -162,13 +181,10 @@ def test_gqa_equals_mha_with_repeated_kv_weights(name, kv_heads):
 
 
 @pytest.mark.parametrize("name", DECODERS + ["gpt2-tiny:alibi", "gpt2-tiny:window", "gpt2-tiny:scan"] + ENC_DECS
-                         + ["t5-tiny:scan"])
-def test_cached_decoding_matches_full_forward(name):
+                         + ["t5-tiny:scan"] + [b for b in BLOCKWISE if not b.startswith("bert")])
+def test_cached_decoding_matches_full_forward(name, monkeypatch):
   """Prefill of a prompt chunk then one token at a time reproduces the full forward logits."""
-  base, _, variant = name.partition(":")
-  over = {"alibi": dict(position="alibi"), "window": dict(sliding_window=3),
-          "scan": dict(scan_layers=True)}.get(variant, {})
-  m, p = init(base, **over)
+  m, p = variant(name, monkeypatch)
   T, prompt = 9, 4
   ids = _ids((2, T), seed=7)
   if m.config.family == "encoder_decoder":

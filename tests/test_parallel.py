@@ -101,10 +101,13 @@ def test_split_batch_and_replicate():
 
 # Multi-device (subprocess, 8 fake CPU devices) -----------------------------------------------------
 
-@pytest.mark.parametrize("family", ["decoder", "encoder", "encoder_decoder"])
-def test_meshes_and_pmap_equal_single_device(family):
-  """Three steps on (8,1,1), (2,4,1), (2,2,2), (1,1,8) and pmap over 8 == one device (1e-5)."""
-  out = run_worker("equivalence", family=family, steps=3)
+@pytest.mark.parametrize("family,attention", [("decoder", "auto"), ("encoder", "auto"), ("encoder_decoder", "auto"),
+                                              ("decoder", "blockwise")])
+def test_meshes_and_pmap_equal_single_device(family, attention):
+  """Three steps on (8,1,1), (2,4,1), (2,2,2), (1,1,8) and pmap over 8 == one device (1e-5); blockwise
+  attention with blocks of 6 tokens (rows of 16 in two packed documents: ragged blocks across both)."""
+  block = 6 if attention == "blockwise" else 0
+  out = run_worker("equivalence", family=family, steps=3, attention_impl=attention, block=block)
   assert set(out["runs"]) == {"(8, 1, 1)", "(2, 4, 1)", "(2, 2, 2)", "(1, 1, 8)", "pmap"}
   assert out["ref_losses"][-1] < out["ref_losses"][0]  # it trains
   for run, diff in out["runs"].items():

@@ -1,4 +1,4 @@
-"""The one attention core of tfm: the kernel, the mask builders and the KV-cache update.
+"""The one attention core of tfm: the dispatch over kernels, the dense paths and the KV-cache update.
 
 Every attention in every model (bidirectional, causal, cross, cached decoding) calls
 `dot_product_attention`. No other softmax over attention scores exists in the package.
@@ -6,12 +6,16 @@ Every attention in every model (bidirectional, causal, cross, cached decoding) c
 Shapes (named once, used everywhere below):
   q:    [batch, q_len, heads, head_dim]
   k, v: [batch, kv_len, kv_heads, head_dim]   (heads is a multiple of kv_heads: MHA / GQA / MQA)
-  mask: bool, broadcastable to [batch, heads, q_len, kv_len]; True = may attend
-  bias: float, broadcastable to [batch, heads, q_len, kv_len]; added to the scaled scores
+  mask: a `Mask` (tfm.attention.structure: causal, cache slots, window, segments, key validity), or
+        a dense bool array broadcastable to [batch, heads, q_len, kv_len] (True = may attend)
+  bias: a `Bias` (T5 relative buckets, ALiBi: computed from positions per block), or a dense float
+        array broadcastable to [batch, heads, q_len, kv_len], added to the scaled scores
 
-Masks are built by the pure helpers below (`causal_mask`, `padding_mask`, `segment_mask`,
-`sliding_window_mask`, `decode_mask`) from position / segment arrays, combined with
-`combine_masks`, once at the top of a model, and passed down to every layer.
+A model describes its masks once at its top (`self_mask`, `cached_mask`, `cross_mask`) and passes the
+structure to every layer; each kernel turns it into its own form (tfm.attention.blockwise: per block;
+tfm.attention.gpu: cuDNN / Pallas arguments; tfm.attention.tpu: splash masks; the dense paths here:
+one [q_len, kv_len] mask). The dense mask helpers below (`causal_mask`, `padding_mask`, ...) serve the
+dense paths and tests.
 """
 
 from __future__ import annotations

@@ -111,6 +111,8 @@ def self_mask(length: int, *, causal: bool, positions: Optional[jax.Array] = Non
   """Returns the Mask of a self-attention over a whole sequence of `length` tokens."""
   # positions: [batch, len] (restarting per packed segment); attention_mask: [batch, len] 1/0
   idx = arange_index(length)
+  if window and positions is None:
+    positions = idx[None]  # [1, len]: the same positions for every row
   return Mask(q_index=idx, kv_index=idx,
               q_positions=positions if window else None, kv_positions=positions if window else None,
               q_segments=segment_ids, kv_segments=segment_ids,
