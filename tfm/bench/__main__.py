@@ -1,9 +1,10 @@
-"""python -m tfm.bench speed|quality|torch ... (see --help of each subcommand)."""
+"""python -m tfm.bench speed|quality|torch|device-check ... (see --help of each subcommand)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from tfm.hostmem import huge_pages_state, use_huge_pages
@@ -43,7 +44,8 @@ def _add_variant_args(p: argparse.ArgumentParser, models_default: str):
   p.add_argument("--batch", type=_ints, default=[], help="batch sizes")
   p.add_argument("--tgt-seq", type=int, default=None, help="decoder length of encoder-decoder models (default seq//4)")
   p.add_argument("--dtype", type=_words, default=[], help="float32|bfloat16|float16 (comma list: a grid)")
-  p.add_argument("--attention", type=_words, default=[], help="xla|cudnn|reference (ModelConfig.attention_impl)")
+  p.add_argument("--attention", type=_words, default=[],
+                 help="auto|xla|blockwise|cudnn|pallas|reference (ModelConfig.attention_impl; comma list: a grid)")
   p.add_argument("--remat", type=_words, default=[], help="none|full|dots")
   p.add_argument("--scan-layers", action=argparse.BooleanOptionalAction, default=None,
                  help="lax.scan over layers (default: as the config says)")
@@ -63,12 +65,43 @@ def main(argv=None) -> int:
   _add_variant_args(sp, "gpt-nano")
   sp.add_argument("--compile-only", action="store_true", help="measure compile time and memory of the step only")
   sp.add_argument("--no-forward", action="store_true", help="skip the forward-only timing")
-  tp = sub.add_parser("torch", help="tfm vs the same architecture in PyTorch (transformers), same inputs, same run")
+  tp = sub.add_parser("torch", help="tfm vs the same architecture in PyTorch, same inputs: tokens/s and peak RSS "
+                      "per (framework, model, seq) point, each in its own process (tfm/bench/scaling.py)")
   _add_variant_args(tp, "gpt-nano,gpt2-small,bert-cls-4l-256,t5-4l-256")
-  tp.add_argument("--rounds", type=int, default=1, help="alternate tfm and PyTorch this many times per model")
-  tp.add_argument("--no-nanogpt", action="store_true", help="skip the hand-written PyTorch GPT")
+  tp.add_argument("--rounds", type=int, default=1,
+                  help="alternate tfm and PyTorch this many times per model (per point: that many processes each)")
+  tp.add_argument("--no-nanogpt", action="store_true",
+                  help="GPT-2-shaped models: transformers' GPT2LMHeadModel instead of the hand-written PyTorch GPT "
+                       "(with --same-process: skip the hand-written GPT)")
+  tp.add_argument("--point-timeout", type=float, default=3600.0,
+                  help="seconds one point process may run before it is recorded as failed (0: no limit)")
+  tp.add_argument("--same-process", action="store_true",
+                  help="the in-process comparison instead (tfm/bench/torch_ref.py): tfm, transformers and the "
+                       "hand-written GPT alternating in one process, with MFU; memory is not per point")
   tp.add_argument("--pause-torch-huge-pages", action="store_true",
-                  help="with huge pages on, pause them during the PyTorch steps (measured slower with them)")
+                  help="with huge pages on, none for PyTorch (measured slower with them): its point processes start "
+                       "without the tunable (with --same-process: paused during its steps)")
+  dp = sub.add_parser("device-check", help="every attention implementation of the backend against the float32 "
+                      "reference (outputs and gradients), then bfloat16 training MFU with each; exit 1 on a failure")
+  dp.add_argument("--impls", type=_words, default=[],
+                  help="implementations to check (default: the backend's: CPU reference,xla,blockwise; GPU + "
+                       "cudnn,pallas; TPU + pallas)")
+  dp.add_argument("--dtypes", type=_words, default=[], help="float32|bfloat16|float16 (default float32,bfloat16)")
+  dp.add_argument("--cases", type=_words, default=[], help="causal,padding,segments,window,bias (default: all)")
+  dp.add_argument("--length", type=int, default=None, help="sequence length of the cases (default CPU 640, else 1152)")
+  dp.add_argument("--batch", type=int, default=2, help="batch size of the cases")
+  dp.add_argument("--heads", type=int, default=4, help="query heads (MHA cases: as many kv heads)")
+  dp.add_argument("--kv-heads", type=int, default=2, help="kv heads of the GQA cases")
+  dp.add_argument("--head-dim", type=int, default=64, help="head dimension of the cases")
+  dp.add_argument("--train", action=argparse.BooleanOptionalAction, default=None,
+                  help="the training MFU part (default: on GPU / TPU, off on CPU); --no-train skips it")
+  dp.add_argument("--train-model", default="gpt2-small", help="model spec of the training part")
+  dp.add_argument("--train-seq", type=int, default=1024, help="sequence length of the training part")
+  dp.add_argument("--train-batch", type=int, default=8, help="batch size of the training part")
+  dp.add_argument("--warmup", type=int, default=2, help="untimed training steps")
+  dp.add_argument("--iters", type=int, default=5, help="timed training steps (the median is reported)")
+  dp.add_argument("--out", default=None, help="folder for device_check.json (default: none written)")
+  dp.add_argument("--no-cpu-flags", action="store_true", help="as for speed")
   qp = sub.add_parser("quality", help="train variants on the same data and seed, compare eval loss")
   qp.add_argument("--config", default="configs/gpt_shakespeare_char.py", help="training config file (tfm.train)")
   qp.add_argument("--vary", action="append", default=[],
@@ -82,9 +115,12 @@ def main(argv=None) -> int:
   qp.add_argument("--huge-pages", action="store_true", help="as for speed")
   args = parser.parse_args(argv)
   # From the command line (argv None), if asked for, this restarts the process once: see tfm/hostmem.py.
-  huge_pages = use_huge_pages(args.huge_pages) if argv is None else huge_pages_state()
+  huge_pages = use_huge_pages(getattr(args, "huge_pages", False)) if argv is None else huge_pages_state()
   xla_flags = set_xla_flags(not args.no_cpu_flags)
 
+  if args.command == "device-check":
+    from tfm.bench.device import run_device_check  # noqa: PLC0415
+    return run_device_check(args)
   if args.command == "quality":
     from tfm.bench.quality import run_quality_cli  # noqa: PLC0415
     return run_quality_cli(args)
@@ -92,6 +128,10 @@ def main(argv=None) -> int:
   from tfm.bench.speed import expand_variants, run_speed  # noqa: PLC0415
   variants = expand_variants(args.models, args.seq, args.batch, args.tgt_seq, args.dtype, args.attention,
                              args.remat, args.scan_layers)
+  if args.command == "torch" and not args.same_process:
+    from tfm.bench.scaling import run_scaling_cli  # noqa: PLC0415
+    command = "python -m tfm.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return run_scaling_cli(args, command, variants)
   if args.command == "speed":
     records = run_speed(variants, warmup=args.warmup, iters=args.iters, compile_only=args.compile_only,
                         forward=not args.no_forward)

@@ -21,6 +21,15 @@ BENCH_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     # T5ForConditionalGeneration d256 4H d_kv64 ff1024 relu, 4 + 4 layers (hf_t5)
     "t5-4l-256": ("t5-small", dict(num_layers=4, d_model=256, num_heads=4, head_dim=64, d_ff=1024,
                                    dropout_rate=0.0)),
+    # Long-sequence scaling study (python -m tfm.bench torch --seq 512,2048,4096,8192 --batch 1): one size,
+    # 6 layers, d384, 6 heads, ff1536, gpt-nano's vocabulary of 65, positions for 8,192 tokens, no dropout,
+    # three attention structures: causal (GPT-2), bidirectional with a padding mask (BERT classifier: the
+    # classify task passes an attention mask), relative-position bias (T5, 6 + 6 layers).
+    "gpt-6l-384": ("gpt-nano", dict(max_len=8192, dropout_rate=0.0, attention_dropout_rate=0.0)),
+    "bert-cls-6l-384": ("bert-base", dict(vocab_size=65, max_len=8192, num_layers=6, d_model=384, num_heads=6,
+                                          d_ff=1536, num_labels=2, dropout_rate=0.0, attention_dropout_rate=0.0)),
+    "t5-6l-384": ("t5-small", dict(vocab_size=65, num_layers=6, d_model=384, num_heads=6, head_dim=64, d_ff=1536,
+                                   dropout_rate=0.0)),
 }
 # The baseline sequence / batch of each shape when the command line gives none (bench README).
 DEFAULT_SHAPE = {"gpt-nano": dict(seq=256, batch=8), "gpt2-small": dict(seq=256, batch=4),

@@ -1,4 +1,4 @@
-"""`python -m tfm.bench torch`: the same architecture in PyTorch, trained on the same inputs in the same run.
+"""The PyTorch side of `python -m tfm.bench torch`: the same architecture, trained on the same inputs.
 
 For every model spec the tfm variant and its PyTorch counterparts are built from the same
 ModelConfig and fed the same random batch (tfm.bench.step.random_batch):
@@ -12,21 +12,25 @@ Training step: cross-entropy on the same targets, gradients clipped to global no
 train.py's default optimizer); float32 or the config's dtype through autocast-free casts. tfm and
 PyTorch alternate `rounds` times per model; the tfm / PyTorch ratio uses the faster PyTorch model.
 Needs the `dev` extra (torch, transformers).
+
+`run_torch` is the `--same-process` mode of `python -m tfm.bench torch`; its default, the scaling study of
+tfm.bench.scaling, measures every (framework, model, seq) point in a process of its own (PyTorch side:
+`scaling_model`, one model per point, trained by the same `TorchRunner`). Its PyTorch
+processes load this file by path, without the tfm package: nothing here imports JAX at module level, so
+that their peak RSS is PyTorch's alone (JAX, Flax and tfm add about 170 MiB to a process).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import time
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable
 
-from tfm import hostmem
-from tfm.bench import device as dev
-from tfm.bench.speed import TfmRunner, Variant, finish_records
-from tfm.bench.step import Batch, random_batch
-from tfm.config import ModelConfig
+if TYPE_CHECKING:  # the config and batch types only; see the module docstring
+  from tfm.bench.speed import Variant
+  from tfm.bench.step import Batch
+  from tfm.config import ModelConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,6 +51,11 @@ def _torch():
   except ImportError as e:
     raise SystemExit("python -m tfm.bench torch needs PyTorch and transformers: pip install -e '.[dev]'") from e
   return torch
+
+
+def uses_attention_mask(c: ModelConfig) -> bool:
+  """Returns whether tfm's benchmark task passes the model a padding mask (classify, seq2seq; tfm.bench.step)."""
+  return bool(c.num_labels) or c.family == "encoder_decoder"
 
 
 def _is_gpt2_shaped(c: ModelConfig) -> bool:
@@ -105,6 +114,16 @@ def build_hf(c: ModelConfig):
                    "T5 encoder-decoders")
 
 
+def scaling_model(c: ModelConfig, nanogpt: bool = True):
+  """Returns (name, model, hf) of the scaling study's PyTorch side of `c`: the hand-written nanoGPT-style
+  GPT (SDPA with is_causal) for GPT-2-shaped decoders with a tied head (unless `nanogpt` is False), else the
+  transformers model of `build_hf`; `hf` says whether the model returns an output object with .logits."""
+  if nanogpt and _is_gpt2_shaped(c) and c.tie_embeddings:
+    return "torch nanoGPT-style", _torch_gpt_class()(c), False
+  name, model = build_hf(c)
+  return name, model, True
+
+
 def _torch_gpt_class():
   torch = _torch()
   nnt, F = torch.nn, torch.nn.functional
@@ -148,7 +167,7 @@ def _torch_gpt_class():
 class TorchRunner:
   """A PyTorch model, AdamW and the same batch as tfm; `time()` appends training / forward step seconds."""
 
-  def __init__(self, name: str, model, batch: Batch, hf: bool):
+  def __init__(self, name: str, model, batch: Batch, hf: bool, attention_mask: bool = False):
     torch = _torch()
     self.torch = torch
     self.name = name
@@ -158,6 +177,8 @@ class TorchRunner:
     self.inputs = torch.from_numpy(batch.input_ids.astype("int64"))
     self.targets = torch.from_numpy(batch.targets.astype("int64"))
     self.dec_in = None if batch.decoder_input_ids is None else torch.from_numpy(batch.decoder_input_ids.astype("int64"))
+    # An all-ones padding mask, as tfm's classify and seq2seq tasks pass one (transformers models only)
+    self.mask = torch.ones_like(self.inputs) if attention_mask and hf else None
     self.hf = hf  # transformers models return an output object with .logits
     self.train_ts: list[float] = []
     self.fwd_ts: list[float] = []
@@ -167,6 +188,8 @@ class TorchRunner:
   def _loss(self):
     if self.hf:
       kw = {"decoder_input_ids": self.dec_in} if self.dec_in is not None else {}
+      if self.mask is not None:
+        kw["attention_mask"] = self.mask
       logits = self.model(input_ids=self.inputs, **kw).logits
     else:
       logits = self.model(self.inputs)
@@ -234,6 +257,10 @@ def run_torch(variants: list[Variant], warmup: int = 2, iters: int = 5, rounds: 
   then the PyTorch steps run with them paused (`tfm.hostmem.huge_pages_paused`), as PyTorch measured slower with
   malloc's huge pages and tfm faster.
   """
+  from tfm import hostmem  # noqa: PLC0415
+  from tfm.bench import device as dev  # noqa: PLC0415
+  from tfm.bench.speed import TfmRunner, finish_records  # noqa: PLC0415
+  from tfm.bench.step import random_batch  # noqa: PLC0415
   torch = _torch()
   pause = pause_torch_huge_pages and hostmem.huge_pages_state() == "on"
   torch_huge = "off (paused while PyTorch runs)" if pause else hostmem.huge_pages_state()
@@ -251,7 +278,7 @@ def run_torch(variants: list[Variant], warmup: int = 2, iters: int = 5, rounds: 
     runner = TfmRunner(v)
     others = []
     hf_name, hf_model = build_hf(c)
-    others.append(TorchRunner(hf_name, hf_model, batch, hf=True))
+    others.append(TorchRunner(hf_name, hf_model, batch, hf=True, attention_mask=uses_attention_mask(c)))
     if nanogpt and _is_gpt2_shaped(c) and c.tie_embeddings:
       others.append(TorchRunner("torch nanoGPT-style", _torch_gpt_class()(c), batch, hf=False))
     with hostmem.huge_pages_paused(pause):
