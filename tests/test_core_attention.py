@@ -45,18 +45,20 @@ def _inputs(h, kvh, seed=0):
 
 
 def _mask(kind):
-  pos = jnp.broadcast_to(jnp.arange(T), (B, T))
-  valid = jnp.ones((B, T), jnp.int32).at[1, 9:].set(0)
-  seg = jnp.array([[1] * 5 + [2] * 7, [1] * 8 + [2] * 4])
-  parts = {
-      "causal": core.causal_mask(pos, pos),
-      "padding": core.padding_mask(None, valid),
-      "segment": core.segment_mask(seg, seg),
-      "window": core.sliding_window_mask(pos, pos, 3),
-  }
+  """Returns the dense [batch, 1, T, T] bool mask of `kind`, its conditions written out in NumPy."""
   if kind == "none":
     return None
-  return core.combine_masks(*(parts[p] for p in kind.split("+")))
+  i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+  valid = np.ones((B, T), bool)
+  valid[1, 9:] = False
+  seg = np.array([[1] * 5 + [2] * 7, [1] * 8 + [2] * 4])
+  parts = {
+      "causal": np.broadcast_to(j <= i, (B, T, T)),
+      "padding": np.broadcast_to(valid[:, None, :], (B, T, T)),
+      "segment": seg[:, :, None] == seg[:, None, :],
+      "window": np.broadcast_to(np.abs(i - j) < 3, (B, T, T)),
+  }
+  return jnp.asarray(np.logical_and.reduce([parts[p] for p in kind.split("+")])[:, None])
 
 
 def _structure(kind):
@@ -99,7 +101,7 @@ def test_custom_scale_and_cross_lengths():
   q = r.randn(2, 3, 4, 8).astype(np.float32)
   k = r.randn(2, 7, 2, 8).astype(np.float32)
   v = r.randn(2, 7, 2, 8).astype(np.float32)
-  mask = core.padding_mask(None, jnp.array([[1] * 7, [1] * 4 + [0] * 3]))
+  mask = jnp.array([[1] * 7, [1] * 4 + [0] * 3], bool)[:, None, None, :]  # [batch, 1, 1, kv_len]
   ref = numpy_attention(q, k, v, np.asarray(mask), scale=1.0)
   for impl in ("xla", "reference"):
     out = core.dot_product_attention(q, k, v, mask=mask, scale=1.0, implementation=impl)
@@ -153,19 +155,24 @@ def test_shape_and_implementation_errors():
     core.dot_product_attention(q, k, v[:, :5])
 
 
-def test_mask_builders_match_definitions():
-  pos = jnp.array([[0, 1, 2, 3]])
-  np.testing.assert_array_equal(np.asarray(core.causal_mask(pos, pos))[0, 0], np.tril(np.ones((4, 4), bool)))
-  w = np.asarray(core.sliding_window_mask(pos, pos, 2))[0, 0]
-  np.testing.assert_array_equal(w, np.abs(np.arange(4)[:, None] - np.arange(4)[None]) < 2)
+def test_mask_structure_matches_definitions():
+  """Mask.dense (what every dense path and, per block, the blockwise path use) against the definitions."""
+  i, j = np.arange(4)[:, None], np.arange(4)[None, :]
+  causal = np.asarray(core.self_mask(4, causal=True).dense())
+  assert causal.shape == (1, 1, 4, 4) and np.array_equal(causal[0, 0], j <= i)
+  window = np.asarray(core.self_mask(4, causal=False, window=2).dense())[0, 0]
+  np.testing.assert_array_equal(window, np.abs(i - j) < 2)
   seg = jnp.array([[1, 1, 2, 2]])
-  np.testing.assert_array_equal(np.asarray(core.segment_mask(seg, seg))[0, 0],
+  np.testing.assert_array_equal(np.asarray(core.self_mask(4, causal=False, segment_ids=seg).dense())[0, 0],
                                 np.kron(np.eye(2, dtype=bool), np.ones((2, 2), bool)))
-  pad = np.asarray(core.padding_mask(None, jnp.array([[1, 1, 1, 0]])))
+  pad = np.asarray(core.self_mask(4, causal=False, attention_mask=jnp.array([[1, 1, 1, 0]])).dense())
   assert pad.shape == (1, 1, 1, 4) and pad[0, 0, 0].tolist() == [True, True, True, False]
-  dm = np.asarray(core.decode_mask(jnp.int32(2), 2, 5))[0, 0]
-  np.testing.assert_array_equal(dm, [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
-  assert core.combine_masks(None, None) is None
+  pos = jnp.array([[2, 3]])
+  dm = np.asarray(core.cached_mask(jnp.int32(2), 2, 5, q_positions=pos, kv_positions=jnp.arange(5)[None]).dense())
+  np.testing.assert_array_equal(dm[0, 0], [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+  assert core.self_mask(4, causal=False).dense() is None and core.cross_mask(3) is None
+  cm = np.asarray(core.cross_mask(3, jnp.array([[1, 1, 0, 0, 1]])).dense())
+  assert cm.shape == (1, 1, 1, 5) and cm[0, 0, 0].tolist() == [True, True, False, False, True]
 
 
 def test_update_kv_cache_writes_at_index():
@@ -192,7 +199,7 @@ def test_causal_blocks_match_numpy_and_jax_nn_is_causal(length, heads, with_bias
   bias = jnp.asarray(r.standard_normal((1, h, length, length)), jnp.float32) if with_bias else None
   valid = np.ones((2, length), bool)
   valid[1, length // 3:] = False  # padding keys: a [batch, 1, 1, kv_len] mask that broadcasts over queries
-  mask = core.padding_mask(None, jnp.asarray(valid)) if pad_rows else None
+  mask = jnp.asarray(valid)[:, None, None, :] if pad_rows else None  # [batch, 1, 1, kv_len]
   structure = core.self_mask(length, causal=True, attention_mask=jnp.asarray(valid) if pad_rows else None)
   dense_bias = bias
   tri = np.tril(np.ones((length, length), bool))[None, None]
@@ -209,7 +216,7 @@ def test_causal_blocks_match_numpy_and_jax_nn_is_causal(length, heads, with_bias
   # gradients equal those of the unsplit kernel given the causal mask as a dense array
   f = lambda m: jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(core.dot_product_attention(
       q, k, v, bias=bias, mask=m, implementation="xla"))), argnums=(0, 1, 2)))
-  for a, b in zip(f(structure)(q, k, v), f(core.combine_masks(mask, jnp.asarray(tri)))(q, k, v)):
+  for a, b in zip(f(structure)(q, k, v), f(jnp.asarray(tri) if mask is None else jnp.logical_and(mask, jnp.asarray(tri)))(q, k, v)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
 
 
@@ -217,3 +224,14 @@ def test_a_mask_must_describe_the_inputs():
   q = jnp.zeros((1, 4, 2, 8))
   with pytest.raises(ValueError, match="mask describes 4 queries and 4 keys"):
     core.dot_product_attention(q, jnp.zeros((1, 6, 2, 8)), jnp.zeros((1, 6, 2, 8)), mask=core.self_mask(4, causal=True))
+
+
+def test_recorded_paths_name_the_kernel_each_call_took():
+  q, k, v, _ = _inputs(4, 2)
+  with core.recorded_paths() as paths:
+    core.dot_product_attention(q, k, v, mask=_structure("causal"), implementation="auto")
+    core.dot_product_attention(q, k, v, mask=_structure("padding"), implementation="blockwise")
+    core.dot_product_attention(q, k, v, implementation="reference")
+  assert paths == ["xla", "blockwise", "reference"]  # auto on CPU below BLOCKWISE_MIN_LEN keys: xla
+  core.dot_product_attention(q, k, v)
+  assert len(paths) == 3  # nothing is recorded outside the block

@@ -14,71 +14,21 @@ Shapes (named once, used everywhere below):
 A model describes its masks once at its top (`self_mask`, `cached_mask`, `cross_mask`) and passes the
 structure to every layer; each kernel turns it into its own form (tfm.attention.blockwise: per block;
 tfm.attention.gpu: cuDNN / Pallas arguments; tfm.attention.tpu: splash masks; the dense paths here:
-one [q_len, kv_len] mask). The dense mask helpers below (`causal_mask`, `padding_mask`, ...) serve the
-dense paths and tests.
+one [q_len, kv_len] mask, from `Mask.dense`: the conditions of a mask are written once, in `Mask.block`).
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Optional, Sequence, Union
+import contextlib
+from typing import Iterator, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
-from tfm.attention.structure import Bias, Mask, cached_mask, cross_mask, relative_bucket, self_mask
+from tfm.attention.structure import MASK_VALUE, Bias, Mask, cached_mask, cross_mask, relative_bucket, self_mask
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "pallas", "reference")
 
-# A finite "minus infinity": fully masked rows (padding queries) then give a uniform
-# distribution instead of NaN, and bf16/fp32 never overflow when a bias is added.
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-
-
-# ----------------------------------------------------------------------------------------------
-# Mask builders: pure functions of positions / segments, each returning [batch, 1, q_len, kv_len]
-# ----------------------------------------------------------------------------------------------
-
-
-def causal_mask(q_positions: jax.Array, kv_positions: jax.Array) -> jax.Array:
-  """Returns [batch, 1, q_len, kv_len] bool: key position <= query position."""
-  # q_positions: [batch, q_len], kv_positions: [batch, kv_len]
-  return (kv_positions[:, None, None, :] <= q_positions[:, None, :, None])
-
-
-def padding_mask(q_valid: Optional[jax.Array], kv_valid: Optional[jax.Array]) -> jax.Array:
-  """Returns [batch, 1, q_len|1, kv_len] bool: both query and key are real tokens."""
-  # q_valid: [batch, q_len] (or None: every query is valid), kv_valid: [batch, kv_len]
-  kv = kv_valid.astype(bool)[:, None, None, :]
-  if q_valid is None:
-    return kv
-  return jnp.logical_and(q_valid.astype(bool)[:, None, :, None], kv)
-
-
-def segment_mask(q_segments: jax.Array, kv_segments: jax.Array) -> jax.Array:
-  """Returns [batch, 1, q_len, kv_len] bool: query and key belong to the same packed segment."""
-  return q_segments[:, None, :, None] == kv_segments[:, None, None, :]
-
-
-def sliding_window_mask(q_positions: jax.Array, kv_positions: jax.Array, window: int) -> jax.Array:
-  """Returns [batch, 1, q_len, kv_len] bool: |query pos - key pos| < window."""
-  dist = q_positions[:, None, :, None] - kv_positions[:, None, None, :]
-  return jnp.abs(dist) < window
-
-
-def decode_mask(cache_index: jax.Array, q_len: int, max_len: int, batch: int = 1) -> jax.Array:
-  """Returns [batch, 1, q_len, max_len] bool: cache slot s is visible to new query t iff s <= index + t."""
-  q_slots = cache_index + jnp.arange(q_len)  # [q_len]: cache slot each new query is written to
-  m = jnp.arange(max_len)[None, :] <= q_slots[:, None]  # [q_len, max_len]
-  return jnp.broadcast_to(m[None, None], (batch, 1, q_len, max_len))
-
-
-def combine_masks(*masks: Optional[jax.Array]) -> Optional[jax.Array]:
-  """Returns the logical AND of the given masks (None entries are skipped), or None if all are None."""
-  present = [m for m in masks if m is not None]
-  if not present:
-    return None
-  return functools.reduce(jnp.logical_and, present)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,7 +80,7 @@ def _reference_attention(q, k, v, bias, mask, scale, dropout_rate, dropout_rng, 
   if bias is not None:
     scores = scores + bias.astype(jnp.float32)
   if mask is not None:
-    scores = jnp.where(mask, scores, _MASK_VALUE)
+    scores = jnp.where(mask, scores, MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1)  # float32, whatever the input dtype
   if not deterministic and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
@@ -216,6 +166,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   rate = dropout_rate if dropout_active else 0.0
   dense_input = (mask is not None and not isinstance(mask, Mask)) or (bias is not None and not isinstance(bias, Bias))
   impl = choose_implementation(implementation, q, k, mask, bias, rate, dense_input)
+  if _RECORDED is not None:
+    _RECORDED.append(impl)
   if impl == "blockwise":
     from tfm.attention import blockwise
     return blockwise.attention(q, k, v, mask, bias, scale=scale, dropout_rate=rate, dropout_rng=dropout_rng)
@@ -235,6 +187,21 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   if isinstance(mask, Mask):
     mask = mask.replace(causal=False).dense() if causal else mask.dense()
   return _dense_attention(q, k, v, bias, mask, scale, rate, dropout_rng, causal, impl)
+
+
+_RECORDED: Optional[list] = None  # see `recorded_paths`
+
+
+@contextlib.contextmanager
+def recorded_paths() -> Iterator[list]:
+  """Yields a list that collects the path ("xla", "blockwise", "cudnn", ...) of every attention call traced
+  inside the block: which kernel a model really took (a call that hits a compiled cache traces nothing)."""
+  global _RECORDED
+  outer, _RECORDED = _RECORDED, []
+  try:
+    yield _RECORDED
+  finally:
+    _RECORDED = outer
 
 
 BLOCKWISE_MIN_LEN = 1024  # "auto" on CPU: keys from which the blockwise path replaces the dense XLA one
@@ -299,10 +266,10 @@ def _dense_attention(q, k, v, bias, mask, scale, rate, dropout_rng, causal, impl
     outs = []
     for i in range(blocks):  # queries lo:hi attend to keys :hi, the diagonal block causally
       lo, hi = i * q_len // blocks, (i + 1) * q_len // blocks
-      diag = causal_mask(jnp.arange(lo, hi)[None], jnp.arange(hi)[None])  # [1, 1, hi - lo, hi]
+      diag = (jnp.arange(hi)[None, :] <= jnp.arange(lo, hi)[:, None])[None, None]  # [1, 1, hi - lo, hi]
       rng = dropout_rng if dropout_rng is None or blocks == 1 else jax.random.fold_in(dropout_rng, i)
       outs.append(_dense_attention(q[:, lo:hi], k[:, :hi], v[:, :hi], _block(bias, lo, hi, q_len),
-                                   combine_masks(_block(mask, lo, hi, q_len), diag), scale, rate, rng, False, impl))
+                                   diag if mask is None else jnp.logical_and(_block(mask, lo, hi, q_len), diag), scale, rate, rng, False, impl))
     return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
   if impl == "reference" or rate > 0.0:
     return _reference_attention(q, k, v, bias, mask, scale, rate, dropout_rng, rate == 0.0)

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from tfm.attention.structure import Bias, Mask
+from tfm.attention.structure import MASK_VALUE, Bias, Mask
 
 # Default block sizes, measured on CPU (2 shared cores; XLA default flags) at len 2048, batch 1, 8 heads,
 # head_dim 64, float32, jit(grad) of one attention (forward + backward), best of 5-7 interleaved runs:
@@ -62,9 +62,6 @@ from tfm.attention.structure import Bias, Mask
 BLOCK_Q = 512
 BLOCK_K = 256
 
-# A finite "minus infinity" (as in tfm.attention): a masked score; exp(mask - m) is exactly 0 for any
-# real row maximum m, and adding a bias never overflows.
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 _PAD_INDEX = np.iinfo(np.int32).max  # kv_index of a padded key: after every query (also masked by length)
 
 
@@ -200,7 +197,7 @@ def _block_scores(static: _Static, qi: jax.Array, kj: jax.Array, bias: Optional[
   if bias is not None:
     s = s + _bias_block(bias, q_start, qi.shape[3], k_start, kj.shape[2], kj.shape[1])
   if allowed is not None:
-    s = jnp.where(allowed, s, _MASK_VALUE)
+    s = jnp.where(allowed, s, MASK_VALUE)
   return s
 
 
@@ -269,12 +266,12 @@ def _forward(static: _Static, qb, kh, vh, mask, bias, rng):
         return lax.cond(jnp.any(allowed), compute, lambda c: c, carry)
       return compute(carry)
 
-    init = (jnp.full((b, kvh, g, bq), _MASK_VALUE, jnp.float32), jnp.zeros((b, kvh, g, bq), jnp.float32),
+    init = (jnp.full((b, kvh, g, bq), MASK_VALUE, jnp.float32), jnp.zeros((b, kvh, g, bq), jnp.float32),
             jnp.zeros((b, kvh, g, bq, d), jnp.float32))
     m, l, acc = lax.fori_loop(0, _key_blocks(static, mask, i, bq, nk), k_block, init)
-    # A row that saw no visible key keeps m == _MASK_VALUE exactly: output 0, lse 0 (so that the
-    # backward P = exp(_MASK_VALUE - 0) is 0 there too).
-    seen = m > _MASK_VALUE
+    # A row that saw no visible key keeps m == MASK_VALUE exactly: output 0, lse 0 (so that the
+    # backward P = exp(MASK_VALUE - 0) is 0 there too).
+    seen = m > MASK_VALUE
     l = jnp.where(seen, l, 1.0)
     out = jnp.where(seen[..., None], acc / l[..., None], 0.0).astype(qb.dtype)
     lse = jnp.where(seen, m + jnp.log(l), 0.0)

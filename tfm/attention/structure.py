@@ -17,7 +17,13 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
+
+
+# A finite "minus infinity" for masked scores (every kernel): a row that sees no key then stays finite
+# (no NaN), and bf16 / fp32 never overflow when a bias is added.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
 def _cut(x: Optional[jax.Array], start, size: int, axis: int) -> Optional[jax.Array]:
@@ -91,13 +97,6 @@ class Mask:
   def dense(self) -> Optional[jax.Array]:
     """Returns the whole [batch|1, 1, q_len, kv_len] bool mask (None: all visible): for the dense paths only."""
     return self.block(0, self.q_len, 0, self.kv_len)
-
-  def valid_lengths(self) -> Optional[jax.Array]:
-    """Returns [batch] int32, the number of real keys per row, if kv_valid is a right-padded prefix (else
-    the caller must not use lengths); None without padding."""
-    if self.kv_valid is None:
-      return None
-    return jnp.sum(self.kv_valid.astype(jnp.int32), axis=1)
 
 
 def arange_index(n: int) -> jax.Array:

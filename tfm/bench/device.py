@@ -212,31 +212,9 @@ def device_peak_bytes() -> Optional[int]:
   return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def self_attention_path(c, batch: int, seq: int) -> str:
-  """Returns the path (tfm.attention.choose_implementation) of the self-attention of `c`'s model in the benchmark
-  step (tfm.bench.step): its mask and bias made as tfm.models makes them from that task's batch (the LM and MLM
-  tasks pass segment ids, classify and seq2seq a padding mask; T5 adds its relative bias, ALiBi its slopes)."""
-  from tfm.attention import choose_implementation  # noqa: PLC0415
-  from tfm.attention.structure import Bias, self_mask  # noqa: PLC0415
-  try:
-    dtype = jnp.dtype(c.dtype)
-    q = jax.ShapeDtypeStruct((batch, seq, c.num_heads, c.dim_per_head), dtype)
-    k = jax.ShapeDtypeStruct((batch, seq, c.kv_heads, c.dim_per_head), dtype)
-    ones = jnp.ones((batch, seq), jnp.int32)
-    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
-    causal = c.family == "decoder"
-    padded = bool(c.num_labels) or c.family == "encoder_decoder"
-    mask = self_mask(seq, causal=causal, positions=positions, attention_mask=ones if padded else None,
-                     segment_ids=None if padded else ones, window=c.sliding_window)
-    bias = None
-    if c.position == "relative":
-      bias = Bias(jnp.zeros((c.relative_buckets, c.num_heads)), positions, positions, kind="relative",
-                  bidirectional=not causal, max_distance=c.relative_max_distance)
-    elif c.position == "alibi":
-      bias = Bias(jnp.zeros((c.num_heads,)), positions, positions, kind="alibi")
-    return choose_implementation(c.attention_impl, q, k, mask, bias, c.attention_dropout_rate)
-  except Exception as e:  # noqa: BLE001 - a label for the table, never a reason to stop a benchmark
-    return f"? ({type(e).__name__})"
+def attention_paths(paths: Sequence[str]) -> str:
+  """Returns the kernels a traced step took (tfm.attention.recorded_paths), distinct, in call order, joined."""
+  return ", ".join(dict.fromkeys(paths)) or "?"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,18 +385,20 @@ def run_train_check(model: str, seq: int, batch: int, implementations: Sequence[
                     iters: int = 5) -> list[dict]:
   """Returns the bfloat16 training record (tfm.bench.speed.run_speed: tokens/s, MFU) of `model` with each
   attention implementation; a variant that fails is a record with status "failed" and its error."""
+  from tfm.attention import recorded_paths  # noqa: PLC0415
   from tfm.bench.speed import expand_variants, run_speed  # noqa: PLC0415
   records = []
   for impl in implementations:
     [v] = expand_variants(model, [seq], [batch], dtypes=["bfloat16"], attentions=[impl])
     try:
-      rec = run_speed([v], warmup=warmup, iters=iters, forward=False, peak_dtype="bfloat16")[0]
+      with recorded_paths() as paths:  # the step is traced inside: its attention calls are recorded
+        rec = run_speed([v], warmup=warmup, iters=iters, forward=False, peak_dtype="bfloat16")[0]
       rec["status"] = "ok"
     except Exception as e:  # noqa: BLE001 - reported; the other kernels still run
       rec = dict(model=v.label, attention=impl, seq_len=seq, batch_size=batch, dtype="bfloat16", status="failed",
                  error=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
       print(f"{v.label} [{impl}]: FAILED: {rec['error']}", flush=True)
-    rec["attention_path"] = self_attention_path(v.spec.config, batch, seq)
+    rec["attention_path"] = attention_paths(paths)
     records.append(rec)
   return records
 

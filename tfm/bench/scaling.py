@@ -73,15 +73,17 @@ def _tfm_point(job: dict) -> dict:
   v = Variant(ModelSpec(label=job["label"], name=job["preset"], config=c), job["seq"], job["batch"],
               job["tgt_seq"], tuple(tuple(x) for x in job["varied"]))
   load_start = dev.load_average()
-  runner = TfmRunner(v, forward=False)
-  with np.load(job["batch_file"]) as data:  # the PyTorch process reads this file: the inputs must be the same
-    if not np.array_equal(np.asarray(runner.batch["inputs"]), data["input_ids"]):
-      raise RuntimeError("the tfm batch differs from the batch given to PyTorch")
-  runner.time(job["warmup"], job["iters"])
+  from tfm.attention import recorded_paths  # noqa: PLC0415
+  with recorded_paths() as paths:  # init and the training step are traced in here: the kernels they took
+    runner = TfmRunner(v, forward=False)
+    with np.load(job["batch_file"]) as data:  # the PyTorch process reads this file: the inputs must be the same
+      if not np.array_equal(np.asarray(runner.batch["inputs"]), data["input_ids"]):
+        raise RuntimeError("the tfm batch differs from the batch given to PyTorch")
+    runner.time(job["warmup"], job["iters"])
   rec = runner.record(float("nan"), load_start)
   for key in ("peak_flops_local", "mfu_local"):  # no in-run matmul peak here: it would add to the point's RSS
     rec.pop(key, None)
-  rec.update(attention_path=dev.self_attention_path(c, job["batch"], job["seq"]),
+  rec.update(attention_path=dev.attention_paths(paths),
              device_peak_bytes=dev.device_peak_bytes(), rss_after_imports_bytes=rss_imports)
   return rec
 
