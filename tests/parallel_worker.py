@@ -100,14 +100,14 @@ def eval_loss(model, task, params, batches) -> float:
 
 
 def run_single(model, tx, task, batches, micro_batches=1):
-  """Returns (losses, params): the reference, a plain jax.jit on one device, no mesh, no tfm.parallel."""
+  """Returns (losses, params, opt_state): the reference, a plain jax.jit on one device, no mesh, no tfm.parallel."""
   state = jax.jit(lambda r: nn.meta.unbox(init_fn(model, tx)(r)))(jax.random.PRNGKey(0))
   step = jax.jit(step_fn(model, tx, task, micro_batches))
   losses = []
   for i, b in enumerate(batches):
     state, m = step(state, b, jax.random.PRNGKey(100 + i))
     losses.append(float(m["loss"]))
-  return losses, jax.device_get(state.params)
+  return losses, jax.device_get(state.params), jax.device_get(state.opt_state)
 
 
 def run_mesh(model, tx, task, batches, shape, micro_batches=1):
@@ -123,7 +123,7 @@ def run_mesh(model, tx, task, batches, shape, micro_batches=1):
 
 
 def run_pmap(model, tx, task, batches, micro_batches=1):
-  """Returns (losses, params) of the pmap path over the 8 local devices."""
+  """Returns (losses, params, opt_state) of the pmap path over the 8 local devices."""
   state = par.replicate(jax.jit(lambda r: nn.meta.unbox(init_fn(model, tx)(r)))(jax.random.PRNGKey(0)))
   step = par.pmap_step(step_fn(model, tx, task, micro_batches))
   losses = []
@@ -131,7 +131,27 @@ def run_pmap(model, tx, task, batches, micro_batches=1):
     state, m = step(state, par.split_batch(b), jax.random.PRNGKey(100 + i))
     losses.append(float(m["loss"]))
   assert len(state.params["token_embed"]["embedding"].sharding.device_set) == jax.device_count()
-  return losses, jax.device_get(state.params)
+  return losses, jax.device_get(state.params), jax.device_get(state.opt_state)
+
+
+def diffs(losses, params, opt_state, ref) -> dict:
+  """Returns max |loss - ref|, max |param - ref| and max |optimizer state - ref| against ref = (losses, params, opt_state)."""
+  return {"loss": max(abs(a - b) for a, b in zip(losses, ref[0])), "params": max_diff(params, ref[1]),
+          "opt_state": max_diff(opt_state, ref[2])}
+
+
+def run_state(workdir) -> dict:
+  """Returns the newest checkpoint of a train.py run (params, opt_state, step, rng) on this process's first
+  device, whatever topology wrote it (orbax needs a target then: built from the checkpoint's metadata)."""
+  import orbax.checkpoint as ocp
+  directory = os.path.join(str(workdir), "checkpoints")
+  step = max(int(s) for s in os.listdir(directory) if s.isdigit())
+  path = os.path.join(directory, str(step), "state")
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+  return jax.device_get(checkpointer.restore(path, target))
 
 
 def max_diff(a, b) -> float:
@@ -143,27 +163,29 @@ def max_diff(a, b) -> float:
 
 # Commands ----------------------------------------------------------------------------------------
 
-def cmd_equivalence(family: str, steps: int = 3, attention_impl: str = "auto", block: int = 0) -> dict:
-  """Returns per-run max |loss - ref| and max |param - ref| against the single-device reference
-  (`block`: blockwise attention's query and key block size, 0 for its defaults)."""
+def cmd_equivalence(family: str, steps: int = 3, attention_impl: str = "auto", block: int = 0,
+                    dropout: float = 0.0, meshes=None) -> dict:
+  """Returns per-run max |loss - ref|, max |param - ref| and max |optimizer state - ref| against the
+  single-device reference (`block`: blockwise attention's query and key block size, 0 for its
+  defaults; `dropout`: hidden and attention dropout rate; `meshes`: default MESHES)."""
   if block:
     from tfm.attention import blockwise
     blockwise.BLOCK_Q = blockwise.BLOCK_K = block
-  model, task, tx = setup(family, attention_impl=attention_impl)
+  model, task, tx = setup(family, attention_impl=attention_impl, dropout_rate=dropout, attention_dropout_rate=dropout)
   batches = make_batches(family, 1) * steps  # one batch again and again: the loss must fall
   t = time.time()
-  ref_losses, ref_params = run_single(model, tx, task, batches)
-  out = {"ref_losses": ref_losses, "runs": {}, "seconds": {"single": time.time() - t}}
-  for shape in MESHES:
+  ref = run_single(model, tx, task, batches)
+  out = {"ref_losses": ref[0], "runs": {}, "seconds": {"single": time.time() - t}}
+  if dropout:  # the masks are really drawn: the same steps without dropout end elsewhere
+    out["no_dropout_params"] = max_diff(run_single(setup(family, attention_impl=attention_impl)[0], tx, task,
+                                                   batches)[1], ref[1])
+  for shape in (MESHES if meshes is None else [tuple(m) for m in meshes]):
     t = time.time()
-    losses, params = run_mesh(model, tx, task, batches, shape)[:2]
-    out["runs"][str(shape)] = {"loss": max(abs(a - b) for a, b in zip(losses, ref_losses)),
-                               "params": max_diff(params, ref_params)}
+    losses, params, state = run_mesh(model, tx, task, batches, shape)[:3]
+    out["runs"][str(shape)] = diffs(losses, params, jax.device_get(state.opt_state), ref)
     out["seconds"][str(shape)] = time.time() - t
   t = time.time()
-  losses, params = run_pmap(model, tx, task, batches)
-  out["runs"]["pmap"] = {"loss": max(abs(a - b) for a, b in zip(losses, ref_losses)),
-                         "params": max_diff(params, ref_params)}
+  out["runs"]["pmap"] = diffs(*run_pmap(model, tx, task, batches), ref)
   out["seconds"]["pmap"] = time.time() - t
   return out
 
@@ -208,11 +230,11 @@ def cmd_shardings() -> dict:
   # one axis later, and two steps on (2,2,2) equal one device.
   smodel, stask, stx = setup("decoder", scan_layers=True, num_layers=2)
   sbatches = make_batches("decoder", 2)
-  ref_losses, ref_params = run_single(smodel, stx, stask, sbatches)
+  ref = run_single(smodel, stx, stask, sbatches)
   losses, params, sstate = run_mesh(smodel, stx, stask, sbatches, (2, 2, 2))[:3]
   swi = sstate.params["decoder"]["layers"]["layers"]["mlp"]["wi"]["kernel"]
   out["scan"] = {"wi_spec": list(swi.sharding.spec), "wi_shape": list(swi.shape),
-                 "loss": max(abs(a - b) for a, b in zip(losses, ref_losses)), "params": max_diff(params, ref_params)}
+                 **diffs(losses, params, jax.device_get(sstate.opt_state), ref)}
   # A dimension that does not divide: 4 heads over tensor = 8.
   bad, _, _ = setup("decoder", num_heads=4)
   try:
@@ -232,8 +254,8 @@ def cmd_save(family: str, directory: str) -> dict:
   ckpt = Checkpoints(directory, keep=2)
   ckpt.save(state, {"step": int(state.step)})
   ckpt.close()
-  flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
-  np.savez(os.path.join(directory, "params.npz"), **{par.sharding.path_name(p): x for p, x in flat})
+  flat = jax.tree_util.tree_flatten_with_path(jax.device_get((state.params, state.opt_state)))[0]
+  np.savez(os.path.join(directory, "state.npz"), **{par.sharding.path_name(p): x for p, x in flat})
   return {"eval_loss": eval_loss(model, task, state.params, make_batches(family, 2, seed=7)),
           "step": int(state.step), "devices": jax.device_count()}
 
@@ -249,35 +271,38 @@ def cmd_restore(family: str, directory: str, shape) -> dict:
   state, meta = ckpt.restore(target)
   ckpt.close()
   wi = [x for x in jax.tree_util.tree_leaves(state.params) if x.ndim == 2][0]
-  saved = np.load(os.path.join(directory, "params.npz"))
-  flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
-  param_diff = max(float(np.max(np.abs(saved[par.sharding.path_name(p)] - x))) for p, x in flat)
-  return {"param_diff": param_diff, "num_params": len(flat), "num_saved": len(saved.files),"eval_loss": eval_loss(model, task, state.params, make_batches(family, 2, seed=7)),
+  saved = np.load(os.path.join(directory, "state.npz"))  # (params, opt_state) as saved on (2,2,2)
+  flat = jax.tree_util.tree_flatten_with_path(jax.device_get((state.params, state.opt_state)))[0]
+  diff = {str(i): max([float(np.max(np.abs(saved[par.sharding.path_name(p)] - x))) for p, x in flat if p[0].idx == i])
+          for i in (0, 1)}
+  return {"param_diff": diff["0"], "opt_state_diff": diff["1"], "num_leaves": len(flat),
+          "num_params": sum(p[0].idx == 0 for p, _ in flat), "num_saved": len(saved.files),
+          "eval_loss": eval_loss(model, task, state.params, make_batches(family, 2, seed=7)),
           "step": int(state.step), "devices": jax.device_count(), "meta": meta,
           "mesh_devices": len(wi.sharding.device_set)}
 
 
-def cmd_accumulation(family: str, k: int = 4) -> dict:
-  """Returns diffs of k micro-batches vs one step on the k-times larger batch (mesh, pmap, 1 device)."""
-  model, task, tx = setup(family)
+def cmd_accumulation(family: str, k: int = 4, dropout: float = 0.0) -> dict:
+  """Returns diffs (loss, params, optimizer state) of k micro-batches vs one step on the k-times larger
+  batch (mesh, pmap, 1 device); `dropout`: hidden and attention dropout rate."""
+  model, task, tx = setup(family, dropout_rate=dropout, attention_dropout_rate=dropout)
   batches = make_batches(family, 2, batch=BATCH * k, seed=3)
-  ref_losses, ref_params = run_single(model, tx, task, batches, micro_batches=1)
-  out = {}
-  losses, params = run_single(model, tx, task, batches, micro_batches=k)
-  out["single"] = {"loss": max(abs(a - b) for a, b in zip(losses, ref_losses)), "params": max_diff(params, ref_params)}
-  losses, params = run_mesh(model, tx, task, batches, (2, 2, 2), micro_batches=k)[:2]
-  out["(2, 2, 2)"] = {"loss": max(abs(a - b) for a, b in zip(losses, ref_losses)), "params": max_diff(params, ref_params)}
-  losses, params = run_pmap(model, tx, task, batches, micro_batches=k)
-  out["pmap"] = {"loss": max(abs(a - b) for a, b in zip(losses, ref_losses)), "params": max_diff(params, ref_params)}
+  ref = run_single(model, tx, task, batches, micro_batches=1)
+  out = {"single": diffs(*run_single(model, tx, task, batches, micro_batches=k), ref)}
+  losses, params, state = run_mesh(model, tx, task, batches, (2, 2, 2), micro_batches=k)[:3]
+  out["(2, 2, 2)"] = diffs(losses, params, jax.device_get(state.opt_state), ref)
+  out["pmap"] = diffs(*run_pmap(model, tx, task, batches, micro_batches=k), ref)
   return out
 
 
-def cmd_multiprocess(family: str = "decoder", steps: int = 2) -> dict:
+def cmd_multiprocess(family: str = "decoder", steps: int = 2, dropout: float = 0.0, directory: str = "") -> dict:
   """One process of a multi-host run (jax.distributed from the environment). On mesh (2,2,2) the
   batch is split across processes; on (1,1,8) it is replicated, so each process needs every row.
-  Each process passes only the rows `process_rows` names."""
+  Each process passes only the rows `process_rows` names. With `directory`, every process takes
+  part in saving the (2,2,2) state there (tfm's Checkpoints: orbax, each process its own shards)
+  and process 0 writes the one-device reference state as state.npz (for cmd_restore)."""
   joined = par.initialize_distributed()
-  model, task, tx = setup(family)
+  model, task, tx = setup(family, dropout_rate=dropout, attention_dropout_rate=dropout)
   batches = make_batches(family, steps)
   out = {"joined": joined, "process": jax.process_index(), "processes": jax.process_count(),
          "local_devices": jax.local_device_count(), "devices": jax.device_count(), "runs": {}}
@@ -292,9 +317,21 @@ def cmd_multiprocess(family: str = "decoder", steps: int = 2) -> dict:
       state, m = step(state, par.shard_batch(local, mesh, None, BATCH), jax.random.PRNGKey(100 + i))
       losses.append(float(m["loss"]))
     out["runs"][str(shape)] = {"rows": rows.tolist(), "losses": losses}
+    if directory and shape == (2, 2, 2):
+      from tfm.checkpoint import Checkpoints
+      ckpt = Checkpoints(directory, keep=2)
+      ckpt.save(state, {"step": int(state.step)})
+      ckpt.close()
+      out["opt_state_sharded"] = sum(x.addressable_shards[0].data.shape != x.shape  # leaves split over devices
+                                     for x in jax.tree_util.tree_leaves(state.opt_state))
   if jax.process_index() == 0:  # the reference: the same steps on this process's first device alone
     with jax.default_device(jax.local_devices()[0]):
-      out["ref_losses"] = run_single(model, tx, task, batches)[0]
+      ref = run_single(model, tx, task, batches)
+    out["ref_losses"] = ref[0]
+    if directory:
+      flat = jax.tree_util.tree_flatten_with_path((ref[1], ref[2]))[0]
+      np.savez(os.path.join(directory, "state.npz"), **{par.sharding.path_name(p): x for p, x in flat})
+      out["ref_eval_loss"] = eval_loss(model, task, ref[1], make_batches(family, 2, seed=7))
   return out
 
 

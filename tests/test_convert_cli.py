@@ -56,12 +56,12 @@ def test_convert_exports_a_training_run_that_transformers_loads_with_the_same_lo
 
 def test_commands_reject_a_directory_that_holds_no_model(tmp_path, capsys):
   (tmp_path / "config.json").write_text(json.dumps({"hello": 1}))
-  assert convert.main(["--to-hf", str(tmp_path), "--out", str(tmp_path / "hf")]) == 1
+  assert convert.main(["--to-hf", str(tmp_path), "--out", str(tmp_path / "hf")]) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and str(tmp_path) in err
   assert "run directory" in err and "params directory" in err and "Hugging Face" in err
   assert not os.path.exists(tmp_path / "hf")
-  assert generate_main(["--model", str(tmp_path / "missing"), "--prompt", "x"]) == 1
+  assert generate_main(["--model", str(tmp_path / "missing"), "--prompt", "x"]) == 2
   assert "run directory" in capsys.readouterr().err
 
 

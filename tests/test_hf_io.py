@@ -63,7 +63,7 @@ def _copy(src, dst):
 
 def _convert_writes_nothing(src, out):
   rc = convert.main(["--from-hf", str(src), "--out", str(out)])
-  assert rc == 1
+  assert rc == 2
   assert not os.path.exists(out)
   assert not [n for n in os.listdir(os.path.dirname(out)) if n.startswith(".tfm-")], "temporary files left behind"
 

@@ -101,18 +101,28 @@ def test_split_batch_and_replicate():
 
 # Multi-device (subprocess, 8 fake CPU devices) -----------------------------------------------------
 
-@pytest.mark.parametrize("family,attention", [("decoder", "auto"), ("encoder", "auto"), ("encoder_decoder", "auto"),
-                                              ("decoder", "blockwise")])
-def test_meshes_and_pmap_equal_single_device(family, attention):
-  """Three steps on (8,1,1), (2,4,1), (2,2,2), (1,1,8) and pmap over 8 == one device (1e-5); blockwise
-  attention with blocks of 6 tokens (rows of 16 in two packed documents: ragged blocks across both)."""
+# Without dropout the decoder / encoder-decoder / blockwise cases are the dropout-0.1 ones minus the
+# masks: they run in the slow suite; the encoder (no dropout case) stays in the default one.
+_SLOW = pytest.mark.slow
+@pytest.mark.parametrize("family,attention,dropout", [
+    pytest.param("decoder", "auto", 0.0, marks=_SLOW), ("encoder", "auto", 0.0),
+    pytest.param("encoder_decoder", "auto", 0.0, marks=_SLOW), pytest.param("decoder", "blockwise", 0.0, marks=_SLOW),
+    ("decoder", "auto", 0.1), ("encoder_decoder", "auto", 0.1), ("decoder", "blockwise", 0.1)])
+def test_meshes_and_pmap_equal_single_device(family, attention, dropout):
+  """Three steps on (8,1,1), (2,4,1), (2,2,2), (1,1,8) and pmap over 8 == one device (1e-5): losses,
+  parameters and optimizer state; blockwise attention with blocks of 6 tokens (rows of 16 in two
+  packed documents: ragged blocks across both). With hidden and attention dropout 0.1 too: each
+  example's masks follow its global row, so every split of the batch draws the same ones."""
   block = 6 if attention == "blockwise" else 0
-  out = run_worker("equivalence", family=family, steps=3, attention_impl=attention, block=block)
+  out = run_worker("equivalence", family=family, steps=3, attention_impl=attention, block=block, dropout=dropout)
   assert set(out["runs"]) == {"(8, 1, 1)", "(2, 4, 1)", "(2, 2, 2)", "(1, 1, 8)", "pmap"}
   assert out["ref_losses"][-1] < out["ref_losses"][0]  # it trains
+  if dropout:
+    assert out["no_dropout_params"] > 1e-3, out  # dropout is on: without it the parameters end elsewhere
   for run, diff in out["runs"].items():
     assert diff["loss"] <= 1e-5, (family, run, diff)
     assert diff["params"] <= 1e-5, (family, run, diff)
+    assert diff["opt_state"] <= 1e-5, (family, run, diff)
 
 
 def test_shardings_are_real_and_fsdp_saves_memory():
@@ -147,37 +157,44 @@ def test_shardings_are_real_and_fsdp_saves_memory():
                        f"({100 * per / full:.1f} %)")
   sc = out["scan"]
   assert sc["wi_shape"] == [2, 64, 256] and sc["wi_spec"] == [None, "fsdp", "tensor"]
-  assert sc["loss"] <= 1e-5 and sc["params"] <= 1e-5, sc
+  assert sc["loss"] <= 1e-5 and sc["params"] <= 1e-5 and sc["opt_state"] <= 1e-5, sc
   # A dimension that does not divide gives an error naming the parameter, the axis and the mesh axis.
   assert "cannot shard params/decoder/layers/layer_0/self_attention/" in out["error"]
   assert "'tensor' of size 8" in out["error"] and "size 4" in out["error"]
 
 
 def test_checkpoint_moves_across_topologies(tmp_path):
-  """Save on (2,2,2); restore on (8,1,1) and in a one-device process: same params and eval loss."""
+  """Save on (2,2,2); restore on (8,1,1) and in a one-device process: same params, optimizer state and eval loss."""
   directory = str(tmp_path / "run")
   saved = run_worker("save", family="decoder", directory=directory)
   assert saved["devices"] == 8 and saved["step"] == 2
   for shape, devices in (([8, 1, 1], 8), ([1, 1, 1], 1)):
     out = run_worker("restore", devices=devices, family="decoder", directory=directory, shape=shape)
     assert out["devices"] == devices and out["mesh_devices"] == devices and out["step"] == 2
-    assert out["num_params"] == out["num_saved"] and out["param_diff"] == 0.0  # bit-exact
+    assert out["num_leaves"] == out["num_saved"] and out["num_params"] < out["num_leaves"]
+    assert out["param_diff"] == 0.0 and out["opt_state_diff"] == 0.0  # bit-exact
     assert abs(out["eval_loss"] - saved["eval_loss"]) <= 1e-6, (shape, out["eval_loss"], saved["eval_loss"])
 
 
-def test_gradient_accumulation_equals_large_batch_on_every_path():
-  """4 micro-batches == one step on the 4x batch: one device, mesh (2,2,2), pmap (1e-5)."""
-  out = run_worker("accumulation", family="encoder", k=4)
+@pytest.mark.parametrize("family,k,dropout", [("encoder", 4, 0.0), ("decoder", 2, 0.1)])
+def test_gradient_accumulation_equals_large_batch_on_every_path(family, k, dropout):
+  """k micro-batches == one step on the k-times batch: one device, mesh (2,2,2), pmap (1e-5): losses,
+  parameters, optimizer state; with dropout 0.1 too (the masks follow the rows, not the slices)."""
+  out = run_worker("accumulation", family=family, k=k, dropout=dropout)
   assert set(out) == {"single", "(2, 2, 2)", "pmap"}
   for run, diff in out.items():
-    assert diff["loss"] <= 1e-5 and diff["params"] <= 1e-5, (run, diff)
+    assert diff["loss"] <= 1e-5 and diff["params"] <= 1e-5 and diff["opt_state"] <= 1e-5, (run, diff)
 
 
-def test_two_processes_each_feeding_their_rows_equal_single_device():
+def test_two_processes_each_feeding_their_rows_equal_single_device(tmp_path):
   """A real multi-host run on one machine: 2 processes x 4 CPU devices joined by jax.distributed
   (JAX_COORDINATOR_ADDRESS etc., as a launcher sets them), meshes (2,2,2) and (1,1,8) over all 8
-  devices, each process passing only the rows its devices hold; losses equal one device's (1e-5)."""
+  devices, each process passing only the rows its devices hold, dropout 0.1; losses equal one
+  device's (1e-5). Both processes save the (2,2,2) state (orbax, each its own shards); a one-device
+  process restores it: parameters and optimizer state equal the one-device run's (1e-5).
+  (tests/test_distributed.py: the same through train.py, killed and resumed; slow.)"""
   import socket
+  directory = str(tmp_path / "run")
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
@@ -186,7 +203,8 @@ def test_two_processes_each_feeding_their_rows_equal_single_device():
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(i), XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count=4")
     env.pop("TFM_DISTRIBUTED", None)
-    procs.append(subprocess.Popen([sys.executable, WORKER, "multiprocess", json.dumps({"family": "decoder"})],
+    args = {"family": "decoder", "dropout": 0.1, "directory": directory}
+    procs.append(subprocess.Popen([sys.executable, WORKER, "multiprocess", json.dumps(args)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
   outs = []
   for p in procs:
@@ -201,8 +219,13 @@ def test_two_processes_each_feeding_their_rows_equal_single_device():
   ref = outs[0]["ref_losses"]
   for o in outs:
     assert o["local_devices"] == 4
+    assert o["opt_state_sharded"] > 0  # each process held (and wrote) only its shards of the optimizer state
     for run in o["runs"].values():
       assert max(abs(a - b) for a, b in zip(run["losses"], ref)) <= 1e-5, (run, ref)
+  out = run_worker("restore", devices=1, family="decoder", directory=directory, shape=[1, 1, 1])
+  assert out["step"] == 2 and out["num_leaves"] == out["num_saved"]
+  assert out["param_diff"] <= 1e-5 and out["opt_state_diff"] <= 1e-5, out
+  assert abs(out["eval_loss"] - outs[0]["ref_eval_loss"]) <= 1e-5
 
 
 def test_sharding_plan_needs_no_devices():

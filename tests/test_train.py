@@ -218,19 +218,30 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   proc.wait()
   assert ckpt.exists(), "the run never reached its step-16 checkpoint"
   assert not (killed / "summary.json").exists()
+  on_disk = sorted(int(n) for n in os.listdir(killed / "checkpoints") if n.isdigit())  # complete ones only
   done = subprocess.run(_cmd(killed, tmp_path), env=env, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert "resumed from" in done.stdout
+  import re
+  resumed = re.search(r"resumed from (\S+) \(step (\d+),", done.stdout)
+  assert resumed, done.stdout[-3000:]
+  assert int(resumed.group(2)) == max(on_disk) >= 16  # the newest checkpoint on disk, not an older one
+  assert resumed.group(1) == str(killed / "checkpoints" / str(max(on_disk)))
   a, sa = _final_params(full)
   b, sb = _final_params(killed)
   assert sa == sb == 24
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-    assert np.array_equal(np.asarray(x), np.asarray(y))  # bitwise
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()  # bitwise
   reason = hostmem.unavailable()  # None on Linux with glibc >= 2.35 and THP not "never"
   assert json.load(open(full / "summary.json"))["huge_pages"] == ("on" if reason is None else f"off ({reason})")
   assert json.load(open(killed / "summary.json"))["huge_pages"] == "off (not requested)"
   ma = [json.loads(l) for l in open(full / "metrics.jsonl")]
   mb = [json.loads(l) for l in open(killed / "metrics.jsonl")]
+  keys = [(r["step"], r["split"]) for r in mb]
+  assert len(keys) == len(set(keys))  # no step logged twice: what the killed run logged after step 16 was dropped
+  assert [s for s, split in keys if split == "train"] == [4, 8, 12, 16, 20, 24]  # every log_every step, once
+  assert [s for s, split in keys if split == "eval"] == [24]
   assert [r["step"] for r in ma] == [r["step"] for r in mb]
   assert [r["loss"] for r in ma] == [r["loss"] for r in mb]
 

@@ -74,7 +74,7 @@ def test_defaults_hold_every_task_field_each_with_a_comment():
           "train.early_stopping_patience", "train.class_weights"} <= fields
   with open(defaults.__file__) as f:
     source = f.read()
-  section = {"data": "d", "train": "t", "optimizer": "o", "mesh": "m"}
+  section = {"data": "d", "train": "t", "optimizer": "o", "mesh": "m", "generate": "g"}
   for path in fields:
     if path.startswith("model_overrides."):
       continue  # one placeholder per ModelConfig field, documented in tfm/config.py

@@ -1,14 +1,18 @@
 """The one model config: a frozen, validated dataclass that every model builder reads.
 
 Variants are configs: the family, position scheme, norm kind and placement, MLP type, GQA and
-tied embeddings are fields checked here, in one place. A bad value raises ValueError naming the
-field and what is allowed.
+tied embeddings are fields checked here, in one place. A bad value (of the wrong type too) raises
+tfm.errors.UserError (a ValueError) naming the field and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import numbers
 from typing import Any, Optional
+
+from tfm.errors import UserError
 
 FAMILIES = ("encoder", "decoder", "encoder_decoder")
 POSITIONS = ("learned", "sinusoidal", "rope", "relative", "alibi", "none")
@@ -144,10 +148,12 @@ class ModelConfig:
 
   def replace(self, **overrides: Any) -> "ModelConfig":
     """Returns a validated copy with fields replaced; unknown fields raise ValueError."""
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+    names = [f.name for f in dataclasses.fields(self)]
+    unknown = sorted(set(overrides) - set(names))
     if unknown:
-      raise ValueError(f"unknown model config field(s) {unknown}; known fields: "
-                       f"{sorted(f.name for f in dataclasses.fields(self))}")
+      near = difflib.get_close_matches(unknown[0], names, 1, 0.75)
+      hint = f"did you mean {near[0]!r}? " if near else ""
+      raise UserError(f"unknown model config field(s) {unknown}; {hint}known fields: {sorted(names)}")
     return dataclasses.replace(self, **overrides)
 
   def to_dict(self) -> dict:
@@ -155,22 +161,50 @@ class ModelConfig:
     return dataclasses.asdict(self)
 
 
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "True or False"}
+
+
+def _type_ok(kind: str, value) -> bool:
+  """Returns whether `value` is of the annotated `kind` (int, float, str or bool; an int is a float too)."""
+  if kind == "bool":
+    return type(value).__name__ in ("bool", "bool_")
+  if kind == "int":
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  if kind == "float":
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+  return isinstance(value, str) if kind == "str" else True
+
+
+def _check_types(c: ModelConfig) -> None:
+  """Raises UserError naming the first field of `c` whose value is not of its annotated type."""
+  for f in dataclasses.fields(c):
+    kind, optional = str(f.type), False
+    if kind.startswith("Optional["):
+      kind, optional = kind[len("Optional["):-1], True
+    value = getattr(c, f.name)
+    if (value is None and optional) or _type_ok(kind, value):
+      continue
+    words = _TYPE_WORDS.get(kind, kind) + (" or None" if optional else "")
+    raise UserError(f"model config field {f.name!r} must be {words}; got {value!r}")
+
+
 def _choice(name, value, allowed):
   if value not in allowed:
-    raise ValueError(f"model config field {name!r} must be one of {list(allowed)}; got {value!r}")
+    raise UserError(f"model config field {name!r} must be one of {list(allowed)}; got {value!r}")
 
 
 def _positive(name, value, allow_none=False, allow_zero=False):
   if value is None and allow_none:
     return
-  ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+  ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
   if not ok:
-    raise ValueError(f"model config field {name!r} must be a {'non-negative' if allow_zero else 'positive'} "
+    raise UserError(f"model config field {name!r} must be a {'non-negative' if allow_zero else 'positive'} "
                      f"integer{' or None' if allow_none else ''}; got {value!r}")
 
 
 def validate(c: ModelConfig) -> None:
-  """Raises ValueError naming the field if any value of `c` is not allowed; returns None."""
+  """Raises UserError (a ValueError) naming the field if any value of `c` is not allowed; returns None."""
+  _check_types(c)
   _choice("family", c.family, FAMILIES)
   _choice("position", c.position, POSITIONS)
   _choice("norm", c.norm, NORMS)
@@ -192,18 +226,18 @@ def validate(c: ModelConfig) -> None:
   for name in ("type_vocab_size", "position_offset", "pad_token_id", "decoder_start_token_id"):
     _positive(name, getattr(c, name), allow_zero=True)
   if c.head_dim is None and c.d_model % c.num_heads:
-    raise ValueError(f"model config field 'num_heads' ({c.num_heads}) must divide 'd_model' "
+    raise UserError(f"model config field 'num_heads' ({c.num_heads}) must divide 'd_model' "
                      f"({c.d_model}), or set 'head_dim' explicitly")
   if c.num_heads % c.kv_heads:
-    raise ValueError(f"model config field 'num_kv_heads' ({c.kv_heads}) must divide 'num_heads' "
+    raise UserError(f"model config field 'num_kv_heads' ({c.kv_heads}) must divide 'num_heads' "
                      f"({c.num_heads})")
   if c.position == "rope" and c.dim_per_head % 2:
-    raise ValueError(f"model config field 'head_dim' must be even for position='rope'; got {c.dim_per_head}")
+    raise UserError(f"model config field 'head_dim' must be even for position='rope'; got {c.dim_per_head}")
   for name in ("dropout_rate", "attention_dropout_rate"):
     rate = getattr(c, name)
     if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
-      raise ValueError(f"model config field {name!r} must be in [0, 1); got {rate!r}")
+      raise UserError(f"model config field {name!r} must be in [0, 1); got {rate!r}")
   if not c.norm_eps > 0:
-    raise ValueError(f"model config field 'norm_eps' must be > 0; got {c.norm_eps!r}")
+    raise UserError(f"model config field 'norm_eps' must be > 0; got {c.norm_eps!r}")
   if c.sliding_window is not None and c.family == "encoder_decoder":
-    raise ValueError("model config field 'sliding_window' is supported for encoder and decoder families only")
+    raise UserError("model config field 'sliding_window' is supported for encoder and decoder families only")

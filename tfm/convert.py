@@ -11,18 +11,23 @@ vocab.txt, vocab.json + merges.txt, tokenizer_config.json) are copied along in b
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional, Sequence
 
 from tfm.checkpoint import resolve_model, save_params
+from tfm.errors import ArgumentParser, UserError, run_cli
 from tfm.hf.api import from_pretrained, resolve_directory, save_pretrained, tokenizer_files
 from tfm.models import count_params
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Runs the conversion the flags ask for; returns the process exit code (2 with one line for bad input)."""
+  return run_cli(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs the conversion the flags ask for; returns the process exit code."""
-  parser = argparse.ArgumentParser(prog="python -m tfm.convert", description=__doc__.split("\n\n")[0])
+  parser = ArgumentParser(prog="python -m tfm.convert", description=__doc__.split("\n\n")[0])
   src = parser.add_mutually_exclusive_group(required=True)
   src.add_argument("--from-hf", metavar="DIR", help="Hugging Face model directory (or hub id) to import")
   src.add_argument("--to-hf", metavar="MODEL_DIR", help="tfm run or params directory to export")
@@ -48,9 +53,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       if model.tokenizer is not None and not files:
         print(f"note: the {model.tokenizer.kind} tokenizer of {args.to_hf} has no Hugging Face form; not copied",
               file=sys.stderr)
-  except (ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except UserError:
+    raise
+  except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as e:
+    # what reading or writing the given directories finds wrong (a field, a tensor, a path) names it
+    raise UserError(str(e)) from e
   print(f"wrote {out} ({config.family}, {count_params(params):,} parameters)")
   return 0
 

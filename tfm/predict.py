@@ -26,13 +26,14 @@ import tfm
 from tfm.checkpoint import resolve_model
 from tfm.data import sources
 from tfm.data.pipeline import encode_examples
+from tfm.errors import ArgumentParser, UserError, UserFileNotFoundError, run_cli
 from tfm.train.objectives import classify_logits
 
 
 def _read_inputs(path: str, text_column: str, text_b_column: str):
   """Returns (texts, second texts or None) of a .txt / .csv / .tsv / .jsonl file."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"--input {path!r} does not exist")
+    raise UserFileNotFoundError(f"--input {path!r} does not exist")
   ext = os.path.splitext(path)[1].lower()
   if ext in (".csv", ".tsv", ".jsonl", ".json"):
     fmt = {".json": "jsonl"}.get(ext, ext[1:])
@@ -40,10 +41,9 @@ def _read_inputs(path: str, text_column: str, text_b_column: str):
     rows = list(sources.read_records(path, fmt, fields))
     texts, texts_b = [r[text_column] for r in rows], ([r[text_b_column] for r in rows] if text_b_column else None)
   else:
-    with open(path, encoding="utf-8") as f:
-      texts, texts_b = [line.rstrip("\n") for line in f if line.strip()], None
+    texts, texts_b = [line for line in sources.read_text(path).splitlines() if line.strip()], None
   if not texts:
-    raise ValueError(f"--input {path!r} has no texts")
+    raise UserError(f"--input {path!r} has no texts")
   return texts, texts_b
 
 
@@ -51,7 +51,7 @@ def _labels(workdir: str) -> dict:
   """Returns the run's labels.json (label names, text columns, seq_len)."""
   path = os.path.join(workdir, "labels.json")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: --workdir must be a classification run (what train.py writes)")
+    raise UserFileNotFoundError(f"{path} not found: --workdir must be a classification run (what train.py writes)")
   with open(path) as f:
     return json.load(f)
 
@@ -61,9 +61,9 @@ def predict(workdir: str, texts, texts_b=None, *, checkpoint: str = "best", batc
   meta = _labels(workdir)
   run = resolve_model(workdir, checkpoint)
   if not run.config.num_labels:
-    raise ValueError(f"{workdir} is not a classification run (its model has no num_labels)")
+    raise UserError(f"{workdir} is not a classification run (its model has no num_labels)")
   if run.tokenizer is None:
-    raise FileNotFoundError(f"{workdir} has no tokenizer.json")
+    raise UserFileNotFoundError(f"{workdir} has no tokenizer.json")
   model, params = tfm.build(run.config), run.params
   inputs, _, _ = encode_examples(run.tokenizer, texts, texts_b, int(meta["seq_len"]))
   fwd = jax.jit(lambda p, b: jax.nn.softmax(classify_logits(model, p, b).astype(np.float32), -1))
@@ -76,8 +76,14 @@ def predict(workdir: str, texts, texts_b=None, *, checkpoint: str = "best", batc
 
 
 def main(argv=None) -> int:
+  """Runs the command line; returns the exit code (2 with one line `error: ...` for bad input)."""
+  return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
   """Runs the command line; returns the exit code."""
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = ArgumentParser(prog="python -m tfm.predict", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--workdir", required=True, help="the classification run's workdir")
   ap.add_argument("--input", required=True, help=".txt (one text per line) or .csv / .tsv / .jsonl")
   ap.add_argument("--output", default="", help="output path (.jsonl or .csv); default INPUT.predictions.jsonl")

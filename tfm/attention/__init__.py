@@ -25,7 +25,8 @@ from typing import Iterator, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from tfm.attention.structure import MASK_VALUE, Bias, Mask, cached_mask, cross_mask, relative_bucket, self_mask
+from tfm.attention.structure import (MASK_VALUE, Bias, Mask, cached_mask, cross_mask, dropout_keep, fold_in_keys,
+                                    relative_bucket, self_mask)
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "pallas", "reference")
 
@@ -83,7 +84,7 @@ def _reference_attention(q, k, v, bias, mask, scale, dropout_rate, dropout_rng, 
     scores = jnp.where(mask, scores, MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1)  # float32, whatever the input dtype
   if not deterministic and dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    keep = dropout_keep(dropout_rng, 1.0 - dropout_rate, probs.shape)  # [batch, heads, q_len, kv_len]
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
   probs = probs.astype(v.dtype).reshape(b, kv_heads, g, t, k.shape[1])
   out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [batch, q_len, kv_heads, g, head_dim]
@@ -152,6 +153,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     has no argument for, a float32 input for cuDNN) runs on the blockwise path instead, never the dense one.
   - "auto": the fused kernel of the backend where it takes the case, else on CPU the XLA path for
     short sequences (under BLOCKWISE_MIN_LEN keys) and the blockwise path from there on.
+
+  `dropout_rng` is one key, or one key per batch row ([batch] keys, as the layers pass them: row b's
+  dropout mask then depends on its own key only, whatever the batch is split into).
   """
   _check_shapes(q, k, v)
   if implementation not in IMPLEMENTATIONS:
@@ -267,7 +271,7 @@ def _dense_attention(q, k, v, bias, mask, scale, rate, dropout_rng, causal, impl
     for i in range(blocks):  # queries lo:hi attend to keys :hi, the diagonal block causally
       lo, hi = i * q_len // blocks, (i + 1) * q_len // blocks
       diag = (jnp.arange(hi)[None, :] <= jnp.arange(lo, hi)[:, None])[None, None]  # [1, 1, hi - lo, hi]
-      rng = dropout_rng if dropout_rng is None or blocks == 1 else jax.random.fold_in(dropout_rng, i)
+      rng = dropout_rng if dropout_rng is None or blocks == 1 else fold_in_keys(dropout_rng, i)
       outs.append(_dense_attention(q[:, lo:hi], k[:, :hi], v[:, :hi], _block(bias, lo, hi, q_len),
                                    diag if mask is None else jnp.logical_and(_block(mask, lo, hi, q_len), diag), scale, rate, rng, False, impl))
     return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)

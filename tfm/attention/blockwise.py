@@ -28,7 +28,8 @@ the mean of the values: both are finite and unused.
 
 Dropout (dropout_rate > 0) acts on the probabilities after the row statistics (as FA2 does): the
 keep-mask of block (i, j) is `bernoulli(fold_in(dropout_rng, i * num_key_blocks + j), 1 - rate)`,
-regenerated identically in the backward pass, kept values scaled by 1 / (1 - rate).
+regenerated identically in the backward pass, kept values scaled by 1 / (1 - rate). With one key per
+batch row (as the layers pass) each row's block mask comes from fold_in(its key, i * num_key_blocks + j).
 
 This is `dot_product_attention(implementation="blockwise")`: the path "auto" takes on CPU for long
 sequences (tfm.attention.BLOCKWISE_MIN_LEN keys and more), and the fallback of the fused kernels (cuDNN,
@@ -50,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from tfm.attention.structure import MASK_VALUE, Bias, Mask
+from tfm.attention.structure import MASK_VALUE, Bias, Mask, dropout_keep, fold_in_keys
 
 # Default block sizes, measured on CPU (2 shared cores; XLA default flags) at len 2048, batch 1, 8 heads,
 # head_dim 64, float32, jit(grad) of one attention (forward + backward), best of 5-7 interleaved runs:
@@ -203,7 +204,7 @@ def _block_scores(static: _Static, qi: jax.Array, kj: jax.Array, bias: Optional[
 
 def _keep(static: _Static, rng, i, j, nk: int, shape) -> jax.Array:
   """Returns the dropout keep-mask of block (i, j): bool of `shape`, the same in forward and backward."""
-  return jax.random.bernoulli(jax.random.fold_in(rng, i * nk + j), 1.0 - static.dropout_rate, shape)
+  return dropout_keep(fold_in_keys(rng, i * nk + j), 1.0 - static.dropout_rate, shape)  # shape [batch, ...]
 
 
 def _key_blocks(static: _Static, mask: Optional[Mask], i, bq: int, nk: int):

@@ -205,3 +205,31 @@ def relative_bucket(relative_position: jax.Array, bidirectional: bool, num_bucke
       * (num_buckets - max_exact)).astype(jnp.int32)
   val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
   return ret + jnp.where(is_small, n, val_if_large)
+
+
+# Attention dropout keys ------------------------------------------------------------------------
+# A kernel's dropout_rng is one key for the whole batch, or one key per batch row ([batch] typed
+# keys or uint32 [batch, 2] raw ones, as the layers pass them): then row b's keep-mask is drawn
+# from its own key alone, so it does not depend on how the batch is split over devices.
+
+
+def per_row_keys(rng: jax.Array) -> bool:
+  """Returns whether `rng` holds one key per batch row (rather than a single key)."""
+  typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+  return rng.ndim == (1 if typed else 2)
+
+
+def fold_in_keys(rng: jax.Array, data) -> jax.Array:
+  """Returns fold_in(rng, data): of the single key, or of each row's key."""
+  if per_row_keys(rng):
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(rng, data)
+  return jax.random.fold_in(rng, data)
+
+
+def dropout_keep(rng: jax.Array, keep_prob: float, shape) -> jax.Array:
+  """Returns a bool keep-mask of `shape` [batch, ...]; with per-row keys, row b is drawn from rng[b] alone."""
+  if per_row_keys(rng):
+    if rng.shape[0] != shape[0]:
+      raise ValueError(f"attention dropout: {rng.shape[0]} row keys for a batch of {shape[0]}")
+    return jax.vmap(lambda k: jax.random.bernoulli(k, keep_prob, tuple(shape[1:])))(rng)
+  return jax.random.bernoulli(rng, keep_prob, tuple(shape))

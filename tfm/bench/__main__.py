@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 
+from tfm.errors import ArgumentParser, UserError, run_cli
 from tfm.hostmem import huge_pages_state, use_huge_pages
 
 # XLA:CPU flags measured to help the training step on CPU (../shared/PERF_NOTES.md): dots go to Eigen
@@ -58,8 +59,13 @@ def _add_variant_args(p: argparse.ArgumentParser, models_default: str):
 
 
 def main(argv=None) -> int:
+  """Parses the command line, runs the subcommand; returns the exit status (2 with one line for bad input)."""
+  return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
   """Parses the command line, runs the subcommand; returns the exit status."""
-  parser = argparse.ArgumentParser(prog="python -m tfm.bench", description=__doc__)
+  parser = ArgumentParser(prog="python -m tfm.bench", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
   sp = sub.add_parser("speed", help="tokens/s, MFU, compile time and memory of model variants")
   _add_variant_args(sp, "gpt-nano")
@@ -119,15 +125,23 @@ def main(argv=None) -> int:
   xla_flags = set_xla_flags(not args.no_cpu_flags)
 
   if args.command == "device-check":
-    from tfm.bench.device import run_device_check  # noqa: PLC0415
+    from tfm.bench.device import CHECK_CASES, run_device_check  # noqa: PLC0415
+    unknown = [c for c in args.cases if c not in CHECK_CASES]
+    if unknown:
+      raise UserError(f"--cases {','.join(unknown)}: not a case; the cases are {','.join(CHECK_CASES)}")
     return run_device_check(args)
   if args.command == "quality":
     from tfm.bench.quality import run_quality_cli  # noqa: PLC0415
     return run_quality_cli(args)
   from tfm.bench import report  # noqa: PLC0415
   from tfm.bench.speed import expand_variants, run_speed  # noqa: PLC0415
-  variants = expand_variants(args.models, args.seq, args.batch, args.tgt_seq, args.dtype, args.attention,
-                             args.remat, args.scan_layers)
+  try:
+    variants = expand_variants(args.models, args.seq, args.batch, args.tgt_seq, args.dtype, args.attention,
+                               args.remat, args.scan_layers)
+  except UserError:
+    raise
+  except ValueError as e:  # a model spec, preset name or field value of --models and the grid flags
+    raise UserError(f"--models / --seq / --batch / --dtype / --attention / --remat: {e}") from e
   if args.command == "torch" and not args.same_process:
     from tfm.bench.scaling import run_scaling_cli  # noqa: PLC0415
     command = "python -m tfm.bench " + shlex.join(sys.argv[1:] if argv is None else argv)

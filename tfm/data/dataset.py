@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from tfm.data import batches, pipeline, sources
-from tfm.data.labelled import load_labelled
+from tfm.data.labelled import LabelledSplit, load_labelled
 from tfm.data.tokenizers import build_tokenizer, load_tokenizer, save_tokenizer
 
 LABELS_FILE = "labels.json"
@@ -70,7 +70,14 @@ class RunData:
       if held_out:
         cut = int(len(train_records) * (1 - d.validation_fraction))
         train_records, eval_records = train_records[:cut], train_records[cut:]
+      if d.long_pairs == "drop":
+        n = len(train_records)
+        train_records, longest = drop_long_pairs(tok, train_records, d.input_key, d.target_key, d.seq_len, d.target_len)
+        log(f"data.long_pairs=drop: dropped {n - len(train_records)} of {n} train pairs longer than data.seq_len="
+            f"{d.seq_len} / data.target_len={d.target_len} tokens (with [EOS]; longest dropped: {longest} tokens)")
+      self.eval_pairs = [(r[d.input_key], r[d.target_key]) for r in eval_records]  # raw texts: decoding eval, BLEU
       self.train, self.eval = make(train_records), make(eval_records)
+      self.buckets = PairBuckets(self.train, tok.pad_id, d.seq_len, d.target_len) if d.bucket_pairs else None
       for name, ex in (("train", self.train), ("eval", self.eval)):
         if ex.truncated:
           log(f"NOTE: {ex.truncated} of {len(ex)} {name} examples were longer than data.seq_len={d.seq_len} / "
@@ -88,6 +95,10 @@ class RunData:
       starts = pipeline.train_starts(self.train, self.raw_len, self.batch_size, self.seed, step)
       ids, segs = pipeline.windows(self.train, starts, self.raw_len)
       return self.task.make_batch(ids, segs, self.tokenizer, self._rng(step, 1))
+    if self.buckets is not None:
+      idx, src_len, tgt_len = self.buckets.batch(self.batch_size, self.seed, step)
+      return batches.pairs_batch(self.train.inputs[idx, :src_len], self.train.targets[idx, :tgt_len],
+                                 self.tokenizer.pad_id)
     idx = pipeline.pair_indices(len(self.train), self.batch_size, self.seed, step)
     return batches.pairs_batch(self.train.inputs[idx], self.train.targets[idx], self.tokenizer.pad_id)
 
@@ -113,6 +124,69 @@ class RunData:
     return self.eval.ids[:n_tokens]
 
 
+def drop_long_pairs(tokenizer, records: Sequence[dict], input_key: str, target_key: str, seq_len: int,
+                    target_len: int) -> tuple[list, int]:
+  """Returns (the records whose input fits seq_len and target fits target_len tokens with [EOS], longest dropped length)."""
+  src = pipeline.encode_all(tokenizer, [r[input_key] for r in records])
+  tgt = pipeline.encode_all(tokenizer, [r[target_key] for r in records])
+  kept, longest = [], 0
+  for r, s, t in zip(records, src, tgt):
+    if len(s) + 1 <= seq_len and len(t) + 1 <= target_len:
+      kept.append(r)
+    else:
+      longest = max(longest, len(s) + 1, len(t) + 1)
+  return kept, longest
+
+
+BUCKET_LENGTHS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)  # padded lengths of length-bucketed pair batches
+
+
+class PairBuckets:
+  """Length-bucketed batches of (input, target) pairs: each batch holds pairs of one bucket, cut to its length.
+
+  A pair's bucket is the smallest of BUCKET_LENGTHS that holds both of its sides (capped at seq_len /
+  target_len), so a batch pads to that length rather than to seq_len, and there are few distinct
+  shapes (one compiled step each). Every epoch, a permutation seeded by (seed, epoch) orders each
+  bucket's pairs into batches, the last one of a bucket filled up with the bucket's first pairs, and
+  another permutation orders the batches: batch(step) is a pure function of (seed, step).
+  """
+
+  def __init__(self, examples, pad_id: int, seq_len: int, target_len: int):
+    src = np.sum(examples.inputs != pad_id, axis=1)  # [n] real tokens ([EOS] included; pad never is a real token)
+    tgt = np.sum(examples.targets != pad_id, axis=1)
+    longest = np.maximum(src, tgt)  # [n]
+    caps = [b for b in BUCKET_LENGTHS if b < max(seq_len, target_len)] + [max(seq_len, target_len)]
+    self.lengths = np.array(caps)
+    self.bucket = np.searchsorted(self.lengths, longest)  # [n]: index of the smallest bucket that holds the pair
+    self.seq_len, self.target_len = seq_len, target_len
+    self.members = [np.flatnonzero(self.bucket == k) for k in range(len(caps))]
+    self._epoch = None
+
+  def _epoch_batches(self, batch_size: int, seed: int, epoch: int) -> list:
+    """Returns the (bucket, [batch_size] example indices) of every batch of `epoch`, in order."""
+    if self._epoch is None or self._epoch[0] != (batch_size, seed, epoch):
+      rng = np.random.default_rng([seed, epoch, 0xB0C7])
+      out = []
+      for k, idx in enumerate(self.members):
+        if len(idx) == 0:
+          continue
+        perm = rng.permutation(idx)
+        reps = -(-len(perm) // batch_size) * batch_size
+        perm = np.resize(perm, reps)  # the last batch of the bucket wraps around to its first pairs
+        out.extend((k, perm[i:i + batch_size]) for i in range(0, reps, batch_size))
+      order = rng.permutation(len(out))
+      self._epoch = ((batch_size, seed, epoch), [out[i] for i in order])
+    return self._epoch[1]
+
+  def batch(self, batch_size: int, seed: int, step: int) -> tuple[np.ndarray, int, int]:
+    """Returns ([batch_size] example indices of step `step`, input length, target length) of its bucket."""
+    per_epoch = sum(-(-len(m) // batch_size) for m in self.members)
+    epoch, pos = divmod(step, per_epoch)
+    k, idx = self._epoch_batches(batch_size, seed, epoch)[pos]
+    length = int(self.lengths[k])
+    return idx, min(length, self.seq_len), min(length, self.target_len)
+
+
 class ClassifyData:
   """Tokenised train / validation examples of a classification run, with deterministic batches.
 
@@ -135,6 +209,8 @@ class ClassifyData:
     if len(names) < 2:
       raise ValueError(f"{train.source}: classification needs at least 2 distinct labels; found {names}")
     self.label_names = names
+    train, holdout = split_holdout(train, d.holdout_fraction, len(names))
+    self.texts = {"train": train, "holdout": holdout, "eval": valid}  # raw splits, for the baselines
     self.tokenizer, _ = run_tokenizer(d, workdir, lambda: train.texts + (train.texts_b or []))
     with open(labels_path + ".tmp", "w") as f:
       json.dump({"labels": names, "label_key": d.label_key, "text_key": d.text_key,
@@ -144,6 +220,7 @@ class ClassifyData:
     self.vocab_size = self.tokenizer.vocab_size
 
     self.train = self._encode(train, "train", d.seq_len, log)
+    self.holdout = self._encode(holdout, "holdout", d.seq_len, log)
     self.eval = self._encode(valid, "validation", d.seq_len, log)
     counts = np.bincount(self.train["labels"], minlength=len(names))
     if t.class_weights == "balanced":
@@ -151,9 +228,9 @@ class ClassifyData:
     else:
       self.class_weights = np.ones(len(names), np.float32)
     self.by_label = [np.flatnonzero(self.train["labels"] == k) for k in range(len(names))]
-    log(f"data: {d.name} ({len(self.train['labels']):,} train / {len(self.eval['labels']):,} validation examples, "
-        f"labels {names} with train counts {counts.tolist()}), tokenizer with {self.vocab_size} ids "
-        f"({time.time() - t0:.1f}s)")
+    log(f"data: {d.name} ({len(self.train['labels']):,} train / {len(self.holdout['labels']):,} holdout (carved from "
+        f"train: picks the best checkpoint) / {len(self.eval['labels']):,} validation examples, {len(names)} labels "
+        f"{_label_counts(names, counts)}), tokenizer with {self.vocab_size} ids ({time.time() - t0:.1f}s)")
 
   def _encode(self, split, name, seq_len, log) -> dict:
     out, cut, longest = pipeline.encode_examples(self.tokenizer, split.texts, split.texts_b, seq_len)
@@ -184,17 +261,49 @@ class ClassifyData:
         idx[j] = _permutation(self.seed, epoch, n)[pos]
     return self._batch(self.train, idx)
 
-  def eval_batches(self) -> Iterator[dict]:
-    """Yields every validation example once, in batches (the last batch padded with weight 0)."""
-    n, b = len(self.eval["labels"]), self.batch_size
+  def eval_batches(self, split: str = "eval") -> Iterator[dict]:
+    """Yields every example of `split` (eval | holdout) once, in batches (the last batch padded with weight 0)."""
+    src = {"eval": self.eval, "holdout": self.holdout}[split]
+    n, b = len(src["labels"]), self.batch_size
     for i in range(0, n, b):
       idx = np.arange(i, i + b) % n
-      batch = self._batch(self.eval, idx)
+      batch = self._batch(src, idx)
       batch["weights"] = np.where(np.arange(i, i + b) < n, 1.0, 0.0).astype(np.float32)
       yield batch
 
 
 _PERMS: dict = {}
+def _label_counts(names, counts, show: int = 12) -> str:
+  """Returns "name: count, ..." of the most frequent training labels (all of them when there are few)."""
+  order = np.argsort(-counts, kind="stable")
+  shown = ", ".join(f"{names[i]}: {counts[i]}" for i in order[:show])
+  return f"with train counts {shown}" + (f", ... ({len(names) - show} more)" if len(names) > show else "")
+
+
+HOLDOUT_SEED = 0x401D  # the holdout split does not depend on train.seed: every seed selects on the same examples
+
+
+def split_holdout(split, fraction: float, num_labels: int):
+  """Returns (train, holdout) LabelledSplits: `fraction` of each label's examples held out (rounded down).
+
+  Stratified, so the holdout has the label mix of the training data and a class with fewer than
+  1 / fraction examples keeps them all for training.
+  """
+  rng = np.random.default_rng(HOLDOUT_SEED)
+  hold = np.zeros(len(split.labels), bool)
+  for k in range(num_labels):
+    idx = np.flatnonzero(split.labels == k)
+    hold[rng.permutation(idx)[:int(len(idx) * fraction)]] = True
+  if not hold.any():
+    raise ValueError(f"{split.source}: data.holdout_fraction={fraction} holds out no training example "
+                     f"({len(split.labels)} examples); raise it")
+
+  def take(mask):
+    keep = np.flatnonzero(mask)
+    return LabelledSplit([split.texts[i] for i in keep],
+                         [split.texts_b[i] for i in keep] if split.texts_b is not None else None,
+                         split.labels[keep], split.source)
+  return take(~hold), take(hold)
 
 
 def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tfm.data import sources
+from tfm.errors import UserError
 
 FILE_FORMATS = ("csv", "tsv", "jsonl")  # local files with columns (plain text files have no labels)
 
@@ -104,13 +105,14 @@ def _read_file(d, path: str) -> list[tuple[int, dict]]:
   """Returns the (row number, record) pairs of one labelled file."""
   keys = _keys(d)
   first = 2 if d.name != "jsonl" else 1  # CSV / TSV rows start after the header line
-  rows = list(enumerate(sources.read_records(path, d.name, list(keys.values()), list(keys)), start=first))
+  rows = list(enumerate(sources.read_records(path, d.name, list(keys.values()), list(keys),
+                                             errors=d.get("encoding_errors", "strict")), start=first))
   if not rows:
-    raise ValueError(f"data file {path!r} has no rows (expected a header and labelled rows with columns "
+    raise UserError(f"data file {path!r} has no rows (expected a header and labelled rows with columns "
                      f"{list(keys.values())})")
   for row_no, r in rows:
     if not r[d.label_key].strip():
-      raise ValueError(f"{path}, row {row_no}: empty label in column {d.label_key!r}")
+      raise UserError(f"{path}, row {row_no}: empty label in column {d.label_key!r}")
   return rows
 
 
@@ -125,8 +127,8 @@ def _from_files(d, split: str, label_names: Optional[list[str]]) -> tuple[Labell
     for row_no, r in rows:
       v = r[d.label_key].strip()
       if v not in index:
-        raise ValueError(f"{path}, row {row_no}: label {v!r} does not occur in the training data (known labels: "
-                         f"{label_names})")
+        raise UserError(f"{path}, row {row_no}: label {v!r} does not occur in the training data (known labels: "
+                        f"{label_names})")
       labels.append(index[v])
       texts.append(r[d.text_key])
       if d.text_pair_key:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import glob as globlib
 import hashlib
+import io
 import json
 import os
 import sys
@@ -27,10 +28,15 @@ from typing import Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tfm.errors import UserError, UserFileNotFoundError
+
 FORMATS = ("text", "csv", "tsv", "jsonl")  # data.name of local files: one document per text file, one row per line
 
 
-class DataUnavailableError(RuntimeError):
+ENCODING_ERRORS = ("strict", "replace")  # data.encoding_errors: what a byte that is not UTF-8 does
+
+
+class DataUnavailableError(UserError, RuntimeError):
   """A dataset is neither prepared nor downloadable (e.g. no network)."""
 
 
@@ -65,8 +71,8 @@ class PydocTopics(tfds.core.GeneratorBasedBuilder):
 class LocalFilesConfig(tfds.core.BuilderConfig):
   """Which local files make which split, their format and fields."""
 
-  def __init__(self, *, files: dict, fmt: str, fields: Sequence[str], **kw):
-    self.files, self.fmt, self.fields = files, fmt, tuple(fields)
+  def __init__(self, *, files: dict, fmt: str, fields: Sequence[str], encoding_errors: str = "strict", **kw):
+    self.files, self.fmt, self.fields, self.encoding_errors = files, fmt, tuple(fields), encoding_errors
     super().__init__(**kw)
 
 
@@ -88,43 +94,87 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, paths):
     cfg = self.builder_config
     for path in paths:
-      for i, rec in enumerate(read_records(path, cfg.fmt, cfg.fields)):
+      for i, rec in enumerate(read_records(path, cfg.fmt, cfg.fields, errors=cfg.encoding_errors)):
         yield f"{path}:{i}", rec
 
 
-def read_records(path: str, fmt: str, fields: Sequence[str], field_names: Sequence[str] = ()) -> Iterator[dict]:
+def read_text(path: str, errors: str = "strict") -> str:
+  """Returns the text of file `path` decoded as UTF-8; a byte that is not UTF-8 is a UserError naming the offset.
+
+  `errors` is data.encoding_errors: "strict" (the error) or "replace" (such bytes read as U+FFFD).
+  """
+  if errors not in ENCODING_ERRORS:
+    raise UserError(f"config field 'data.encoding_errors' must be one of {list(ENCODING_ERRORS)}; got {errors!r}")
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    return raw.decode("utf-8", errors=errors)
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    raise UserError(f"{path}: byte offset {e.start} (line {line}) is not UTF-8 (byte {raw[e.start:e.start + 1]!r}: "
+                    f"{e.reason}); convert the file to UTF-8, or read such bytes as U+FFFD with "
+                    f"--config.data.encoding_errors=replace") from None
+
+
+def read_records(path: str, fmt: str, fields: Sequence[str], field_names: Sequence[str] = (),
+                 errors: str = "strict") -> Iterator[dict]:
   """Yields {field: str} records of one local file; text files give one record {fields[0]: whole file}.
 
   `field_names` names the config field of each of `fields` (e.g. "data.label_key"): a column that the
-  file's header (CSV / TSV) or first row (JSONL) lacks is an error naming that field and the columns.
+  file's header (CSV / TSV) or first row (JSONL) lacks is an error naming that field, the file and its
+  columns; a CSV / TSV row with another number of fields than the header names its line. `errors`:
+  data.encoding_errors (see read_text).
   """
-  if fmt == "text":
-    with open(path, encoding="utf-8") as f:
-      yield {fields[0]: f.read()}
+  text = read_text(path, errors)
+  if fmt == "text":  # universal newlines, as open() in text mode reads them
+    yield {fields[0]: text.replace("\r\n", "\n").replace("\r", "\n")}
     return
   names = dict(zip(fields, field_names))
-  with open(path, encoding="utf-8", newline="") as f:
-    if fmt == "jsonl":
-      rows = (json.loads(line) for line in f if line.strip())
-    else:
-      rows = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_NONE if fmt == "tsv"
-                            else csv.QUOTE_MINIMAL)
-      if rows.fieldnames:  # an empty file has no header: it yields no records
-        _check_columns(path, rows.fieldnames, fields, names)
-    for row_no, row in enumerate(rows, start=2 if fmt != "jsonl" else 1):
-      if fmt == "jsonl" and row_no == 1:
+  f = io.StringIO(text, newline="")
+  if fmt == "jsonl":
+    checked = False
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise UserError(f"{path}, line {line_no}: not a JSON object ({e.msg} at column {e.colno})") from None
+      if not isinstance(row, dict):
+        raise UserError(f"{path}, line {line_no}: expected a JSON object {{\"column\": value, ...}}; got "
+                        f"{type(row).__name__}")
+      if not checked:
         _check_columns(path, list(row), fields, names)
+        checked = True
       missing = [k for k in fields if k not in row or row[k] is None]
       if missing:
-        raise ValueError(f"{path}, row {row_no}: missing field(s) {missing}; the row has {sorted(row)}")
+        raise UserError(f"{path}, line {line_no}: missing field(s) {missing}; the row has {sorted(row)}")
       yield {k: str(row[k]) for k in fields}
+    return
+  rows = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_NONE if fmt == "tsv"
+                        else csv.QUOTE_MINIMAL)
+  if not rows.fieldnames:  # an empty file has no header: it yields no records
+    return
+  _check_columns(path, rows.fieldnames, fields, names)
+  width = len(rows.fieldnames)
+  sep = "tabs" if fmt == "tsv" else "commas"
+  for row in rows:  # row (line) numbers are the file's lines: the header is line 1
+    missing = [k for k, v in row.items() if k is not None and v is None]
+    if missing:  # fewer fields than the header
+      raise UserError(f"{path}, row {rows.line_num}: missing field(s) {missing}: the row has {width - len(missing)} "
+                      f"field(s), the header {width} ({list(rows.fieldnames)})")
+    if None in row:  # more fields than the header
+      raise UserError(f"{path}, row {rows.line_num}: {width + len(row[None])} fields, but the header has {width} "
+                      f"({list(rows.fieldnames)}); {sep} inside a value?")
+    yield {k: str(row[k]) for k in fields}
 
 
 def _check_columns(path: str, columns: Sequence[str], fields: Sequence[str], names: dict) -> None:
-  """Raises ValueError naming the config field of the first of `fields` that is not among `columns`."""
+  """Raises UserError naming the first of `fields` (and its config field) that is not among `columns`."""
   for k in fields:
-    if k not in columns and k in names:
-      raise ValueError(f"{names[k]}={k!r} is not a column of {path}; its columns are {list(columns)}")
+    if k not in columns:
+      what = f"{names[k]}={k!r}" if k in names else f"column {k!r}"
+      raise UserError(f"{what} is not a column of {path}; its columns are {list(columns)}")
 
 
 def expand_files(spec: str, what: str) -> list[str]:
@@ -133,8 +183,13 @@ def expand_files(spec: str, what: str) -> list[str]:
   for pattern in [p.strip() for p in spec.split(",") if p.strip()]:
     found = sorted(globlib.glob(os.path.expanduser(pattern)))
     if not found:
-      raise FileNotFoundError(f"{what}: no file matches {pattern!r}")
+      raise UserFileNotFoundError(f"{what}: no file matches {pattern!r}")
+    for p in found:
+      if os.path.isdir(p):
+        raise UserError(f"{what}: {p} is a directory; name the files (a glob such as {os.path.join(p, '*.txt')})")
     paths.extend(os.path.abspath(p) for p in found)
+  if not paths:
+    raise UserError(f"{what} names no file; got {spec!r}")
   return paths
 
 
@@ -142,7 +197,7 @@ def split_files(d, split: str) -> list[str]:
   """Returns the paths of `split` of local files `d`: train -> data.train_files, validation -> data.validation_files."""
   field = {"train": "train_files", "validation": "validation_files"}[split]
   if not d[field]:
-    raise ValueError(f"data.name={d.name!r} needs data.{field} (comma-separated paths or globs of {d.name} files)")
+    raise UserError(f"data.name={d.name!r} needs data.{field} (comma-separated paths or globs of {d.name} files)")
   return expand_files(d[field], f"data.{field}")
 
 
@@ -151,11 +206,7 @@ def local_files_builder(d, fields: Sequence[str], field_names: Sequence[str] = (
   files = {"train": split_files(d, "train")}
   if d.validation_files:
     files["validation"] = split_files(d, "validation")
-  fmt = d.name
-  if fmt != "text":  # a missing column is named now, not from inside TFDS's preparation
-    for paths in files.values():
-      for path in paths:
-        next(read_records(path, fmt, fields, field_names), None)
+  fmt, errors = d.name, d.get("encoding_errors", "strict")
   # The config name hashes the paths, sizes and modification times: changed files give a new dataset.
   h = hashlib.sha256()
   for split, paths in sorted(files.items()):
@@ -163,9 +214,20 @@ def local_files_builder(d, fields: Sequence[str], field_names: Sequence[str] = (
       st = os.stat(p)
       h.update(f"{split}|{p}|{st.st_size}|{st.st_mtime_ns}|".encode())
   h.update(f"{fmt}|{','.join(fields)}".encode())
-  config = LocalFilesConfig(name=h.hexdigest()[:16], files=files, fmt=fmt, fields=fields,
+  if errors != "strict":
+    h.update(f"|{errors}".encode())
+  config = LocalFilesConfig(name=h.hexdigest()[:16], files=files, fmt=fmt, fields=fields, encoding_errors=errors,
                             version=LocalFiles.VERSION)
-  return LocalFiles(config=config, data_dir=d.data_dir or None, file_format="array_record")
+  builder = LocalFiles(config=config, data_dir=d.data_dir or None, file_format="array_record")
+  if not builder.is_prepared():  # an empty file, a missing column, a bad row or byte: named now, not inside TFDS
+    for split, paths in files.items():
+      for path in paths:
+        n = sum(1 for _ in read_records(path, fmt, fields, field_names, errors))
+        if not os.path.getsize(path) or not n:
+          field = "data.train_files" if split == "train" else "data.validation_files"
+          raise UserError(f"{field}: {path} is empty" + (" (0 bytes)" if not os.path.getsize(path) else
+                                                         f"; it has no {fmt} rows after its header"))
+  return builder
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,7 +258,7 @@ def tfds_builder(name: str, data_dir: str):
     try:
       return tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
     except tfds.core.registered.DatasetNotFoundError:
-      raise ValueError(f"data.name={name!r} is not a TFDS dataset; use a TFDS name (e.g. tiny_shakespeare, lm1b), "
+      raise UserError(f"data.name={name!r} is not a TFDS dataset; use a TFDS name (e.g. tiny_shakespeare, lm1b), "
                        f"'pydoc_topics', or a file format {' | '.join(FORMATS)} with data.train_files") from None
 
 
@@ -246,11 +308,11 @@ def load_split(d, split: str, keys: dict) -> list[dict]:
     builder = tfds_builder(d.name, d.data_dir)
   prepare(builder, d.manual_dir)
   if split not in builder.info.splits:
-    raise ValueError(f"dataset {builder.info.full_name!r} has no split {split!r}; it has {list(builder.info.splits)}")
+    raise UserError(f"dataset {builder.info.full_name!r} has no split {split!r}; it has {list(builder.info.splits)}")
   feats = builder.info.features
   for name, f in keys.items():
     if f not in feats:
-      raise ValueError(f"{name}={f!r} is not a feature of dataset {builder.info.full_name!r}; it has {list(feats)}")
+      raise UserError(f"{name}={f!r} is not a feature of dataset {builder.info.full_name!r}; it has {list(feats)}")
   source = builder.as_data_source(split=split)
   n = len(source)
   out = []

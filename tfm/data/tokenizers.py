@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -222,7 +223,14 @@ class HFTokenizer(_Base):
 
   @classmethod
   def train(cls, texts: Sequence[str], kind: str, vocab_size: int, num_sentinels: int = 0) -> "HFTokenizer":
-    """Returns a `kind` (bpe | wordpiece | unigram) tokenizer trained on `texts`."""
+    """Returns a `kind` (bpe | wordpiece | unigram) tokenizer trained on `texts`.
+
+    Reproducible: bpe and wordpiece give the same tokenizer.json on every run (wordpiece through
+    `_train_wordpiece`). unigram does not: the `tokenizers` Unigram trainer's float sums follow the
+    order of its hash maps, seeded anew in every process (RAYON_NUM_THREADS=1 does not help), so
+    piece scores differ in the last digits and near-ties swap ids. A run keeps its tokenizer in
+    WORKDIR/tokenizer.json and a resumed run reads it back, so only a fresh run trains again.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     specials = special_tokens(num_sentinels)
     if kind == "bpe":
@@ -233,11 +241,7 @@ class HFTokenizer(_Base):
       trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     elif kind == "wordpiece":
-      specials = specials + ["[UNK]"]
-      tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-      tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-      tok.decoder = decoders.WordPiece()
-      trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+      return cls._train_wordpiece(texts, specials + ["[UNK]"], vocab_size)
     elif kind == "unigram":
       specials = specials + ["[UNK]"]
       tok = Tokenizer(models.Unigram())
@@ -248,6 +252,36 @@ class HFTokenizer(_Base):
       raise ValueError(f"unknown subword tokenizer kind {kind!r}; allowed: bpe, wordpiece, unigram")
     tok.train_from_iterator(texts, trainer=trainer)
     return cls(tok, specials)
+
+  @classmethod
+  def _train_wordpiece(cls, texts: Sequence[str], specials: list[str], vocab_size: int) -> "HFTokenizer":
+    """Returns a WordPiece tokenizer trained on `texts`, the same vocabulary and ids on every run.
+
+    The `tokenizers` WordPiece trainer numbers the continuation pieces "##c" in the order it meets
+    them while walking its word counts, a hash map whose order changes with every process: the ids
+    of "##c", then the merges it picks among pairs of equal count (ties go to the lower ids), and so
+    the vocabulary changed from one run to the next. Here every "##c" that the words need is given
+    to the trainer first, sorted, in the list of tokens it reserves, so every id is fixed; they are
+    ordinary (not special) tokens of the tokenizer returned.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    pre = pre_tokenizers.BertPreTokenizer()
+    continuation = set()  # characters that occur after the first of a word: the "##c" pieces
+    for text in texts:
+      for word, _ in pre.pre_tokenize_str(text):
+        continuation.update(word[1:])
+    pieces = [f"##{c}" for c in sorted(continuation)]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre
+    trainer = trainers.WordPieceTrainer(vocab_size=max(vocab_size, len(specials) + len(pieces)),
+                                        special_tokens=specials + pieces, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    # The same vocabulary, with only the real special tokens marked special.
+    out = Tokenizer(models.WordPiece(vocab=tok.get_vocab(with_added_tokens=True), unk_token="[UNK]"))
+    out.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    out.decoder = decoders.WordPiece()
+    out.add_special_tokens(specials)
+    return cls(out, specials)
 
   @property
   def vocab_size(self) -> int:
@@ -355,8 +389,8 @@ def _model_token_ids(directory: str) -> dict:
 
 
 def save_tokenizer(tokenizer, path: str) -> str:
-  """Writes `tokenizer` as JSON to `path`; returns the path."""
-  tmp = path + ".tmp"
+  """Writes `tokenizer` as JSON to `path` (atomically; several processes may write the same file); returns the path."""
+  tmp = f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"  # one temporary per process of a multi-host run
   with open(tmp, "w") as f:
     json.dump(tokenizer.to_json(), f, ensure_ascii=False)
   os.replace(tmp, path)

@@ -3,6 +3,7 @@
     python -m tfm.generate --model runs/shakespeare --prompt "ROMEO:" --max-new-tokens 200
     python -m tfm.generate --model runs/shakespeare --prompt "ROMEO:" --temperature 0.8 --top-k 40
     python -m tfm.generate --model ./gpt2 --prompt "Hello" --prompt "The meaning of" --num-beams 4
+    python -m tfm.generate --workdir runs/en_de --input sources.txt --output translations.txt
 
 --model (also spelt --workdir or --from-hf) is anything tfm.checkpoint.resolve_model reads: a run's
 workdir (config.json, tokenizer.json and the best checkpoint; `--checkpoint latest`: the newest of
@@ -11,6 +12,8 @@ Strategy: beam search when --num-beams > 1, sampling when --temperature / --top-
 given, greedy otherwise. Prompts are encoded with the tokenizer's template (a pretrained model's
 BOS, say). Generation stops at the tokenizer's EOS (--ignore-eos: never). With one prompt on an
 interactive terminal (or --stream), tokens are printed as they are generated.
+--input FILE translates a file (one source per line, batched; an encoder-decoder run) with the decoding
+settings of the run's eval (train.decode_num_beams, ...; --num-beams etc. given here win), one line out per line in.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 
 import tfm
 from tfm.checkpoint import resolve_model
+from tfm.errors import ArgumentParser, UserError, run_cli
 
 
 def _batch(prompts: list, tokenizer):
@@ -30,7 +34,7 @@ def _batch(prompts: list, tokenizer):
   encoded = [tokenizer.encode(p, add_special_tokens=True).tolist() for p in prompts]
   empty = [p for p, e in zip(prompts, encoded) if not e]
   if empty:
-    raise ValueError(f"--prompt {empty[0]!r} encodes to no tokens")
+    raise UserError(f"--prompt {empty[0]!r} encodes to no tokens; give a prompt with text")
   n, longest = len(encoded), max(map(len, encoded))
   ids = np.zeros((n, longest), np.int32)
   mask = np.zeros((n, longest), np.int32)
@@ -63,13 +67,41 @@ def _cut(ids, eos):
   return ids[:ids.index(eos)] if eos is not None and eos in ids else ids
 
 
+def _check_length(config, prompts: list, lengths, max_new_tokens: int) -> None:
+  """Raises UserError naming the prompt when a prompt and its new tokens do not fit the model's positions."""
+  if max_new_tokens < 1:
+    raise UserError(f"--max-new-tokens must be a positive integer; got {max_new_tokens}")
+  if config.position != "learned":
+    return  # rope, relative, alibi, sinusoidal, none: no table of positions to run past
+  if config.family == "encoder_decoder":
+    if max_new_tokens > config.max_len:
+      raise UserError(f"--max-new-tokens {max_new_tokens} exceeds the model's context of {config.max_len} "
+                      f"(max_len, learned positions); use --max-new-tokens {config.max_len} or fewer")
+    return
+  room = config.max_len - max_new_tokens + 1
+  for prompt, n in zip(prompts, lengths):
+    n = int(n)
+    if n > room:
+      raise UserError(f"--prompt {prompt[:40]!r}{'...' if len(prompt) > 40 else ''} is {n} tokens; with "
+                      f"--max-new-tokens {max_new_tokens} it exceeds the model's context of {config.max_len} "
+                      f"tokens (max_len, learned positions): use a prompt of at most {room} tokens or fewer new "
+                      f"tokens")
+
+
 def main(argv: Optional[list] = None) -> int:
+  """Runs the command line; returns the exit code (2 with one line `error: ...` for bad input)."""
+  return run_cli(_main, argv)
+
+
+def _main(argv: Optional[list] = None) -> int:
   """Runs the command line; returns the exit code."""
-  ap = argparse.ArgumentParser(prog="python -m tfm.generate", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = ArgumentParser(prog="python -m tfm.generate", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--model", "--workdir", "--from-hf", dest="model", required=True,
                   help="a tfm run or params directory, or a Hugging Face model directory or hub id")
-  ap.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
+  ap.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+  ap.add_argument("--input", help="translate a file: one source per line (the run's eval decoding settings)")
+  ap.add_argument("--output", help="with --input: where the translations go, one per line (default: stdout)")
   ap.add_argument("--checkpoint", default="best", choices=("best", "latest"), help="which checkpoint of a run")
   ap.add_argument("--max-new-tokens", type=int, default=100)
   ap.add_argument("--temperature", type=float, default=None, help="sample with this temperature")
@@ -84,15 +116,22 @@ def main(argv: Optional[list] = None) -> int:
 
   try:
     source = resolve_model(args.model, args.checkpoint)
-  except (ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except UserError:
+    raise
+  except (ValueError, FileNotFoundError, NotADirectoryError) as e:  # what is wrong with the directory, named
+    raise UserError(str(e)) from e
   tokenizer = source.tokenizer
   if tokenizer is None:
-    print(f"error: {args.model} has no tokenizer (tokenizer.json, vocab.txt or vocab.json + merges.txt)",
-          file=sys.stderr)
-    return 1
+    raise UserError(f"--model {args.model} has no tokenizer (tokenizer.json, vocab.txt or vocab.json + merges.txt)")
   model, params = tfm.build(source.config), source.params
+  if args.input:  # a file, batched, with the decoding settings of the run's eval (flags given here win)
+    from tfm.generate.translate import translate_file
+    given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
+    flags = {"--num-beams": "num_beams", "--length-penalty": "length_penalty", "--max-new-tokens": "max_new_tokens"}
+    return translate_file(model, params, tokenizer, args.model, args.input, args.output,
+                          {field: getattr(args, field) for flag, field in flags.items() if flag in given})
+  if not args.prompt:
+    raise UserError("give --prompt TEXT (repeat for a batch) or --input FILE")
   eos = None if args.ignore_eos else tokenizer.eos_id
   kw = dict(max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_id, seed=args.seed)
   if args.num_beams > 1:
@@ -100,6 +139,7 @@ def main(argv: Optional[list] = None) -> int:
   elif any(v is not None for v in (args.temperature, args.top_k, args.top_p)):
     kw.update(strategy="sample", temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
   ids, mask = _batch(args.prompt, tokenizer)
+  _check_length(source.config, args.prompt, mask.sum(1), args.max_new_tokens)
   decoder_only = model.config.family == "decoder"
   stream = (args.stream or sys.stdout.isatty()) and len(args.prompt) == 1 and args.num_beams == 1
   if stream:

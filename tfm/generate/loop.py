@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfm.errors import UserError
 from tfm.generate import beam as beam_search
 from tfm.generate import sampling
 from tfm.models import CROSS_CACHE_KEYS, cache_shapes, init_cache
@@ -69,55 +70,55 @@ def generate(model: nn.Module, params: Any, input_ids, *, max_new_tokens: int, a
   """
   c = model.config
   if c.family == "encoder":
-    raise ValueError("generate() needs a decoder: config.family must be 'decoder' or 'encoder_decoder'; "
+    raise UserError("generate() needs a decoder: config.family must be 'decoder' or 'encoder_decoder'; "
                      "got 'encoder'")
   if c.num_labels or not c.lm_head:
-    raise ValueError("generate() needs LM logits: the config must have lm_head=True and num_labels=None")
+    raise UserError("generate() needs LM logits: the config must have lm_head=True and num_labels=None")
   if strategy not in STRATEGIES:
-    raise ValueError(f"generate(): strategy must be one of {list(STRATEGIES)}; got {strategy!r}")
+    raise UserError(f"generate(): strategy must be one of {list(STRATEGIES)}; got {strategy!r}")
   if not (isinstance(max_new_tokens, int) and max_new_tokens > 0):
-    raise ValueError(f"generate(): max_new_tokens must be a positive integer; got {max_new_tokens!r}")
+    raise UserError(f"generate(): max_new_tokens must be a positive integer; got {max_new_tokens!r}")
   input_ids = jnp.asarray(input_ids)
   if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
-    raise ValueError(f"generate(): input_ids must be integers [batch, prompt_len]; got {input_ids.dtype}"
+    raise UserError(f"generate(): input_ids must be integers [batch, prompt_len]; got {input_ids.dtype}"
                      f"{list(input_ids.shape)}")
   if attention_mask is not None:
     attention_mask = jnp.asarray(attention_mask)
     if attention_mask.shape != input_ids.shape:
-      raise ValueError(f"generate(): attention_mask must have the shape of input_ids {list(input_ids.shape)}; "
+      raise UserError(f"generate(): attention_mask must have the shape of input_ids {list(input_ids.shape)}; "
                        f"got {list(attention_mask.shape)}")
     if not isinstance(attention_mask, jax.core.Tracer) and int(np.min(np.sum(attention_mask, axis=1))) == 0:
-      raise ValueError("generate(): every prompt needs at least one real token; attention_mask has a row of zeros")
+      raise UserError("generate(): every prompt needs at least one real token; attention_mask has a row of zeros")
   if c.position == "learned":
     longest = input_ids.shape[1] + max_new_tokens - 1 if c.family == "decoder" else max_new_tokens
     if longest > c.max_len:
-      raise ValueError(f"generate(): {'prompt_len (%d) + ' % input_ids.shape[1] if c.family == 'decoder' else ''}"
+      raise UserError(f"generate(): {'prompt_len (%d) + ' % input_ids.shape[1] if c.family == 'decoder' else ''}"
                        f"max_new_tokens ({max_new_tokens}){' - 1' if c.family == 'decoder' else ''} exceeds "
                        f"config.max_len ({c.max_len}), the number of learned positions")
   sampling_args = dict(temperature=temperature, top_k=top_k, top_p=top_p)
   if strategy != "sample":
     given = [k for k, v in sampling_args.items() if v is not None]
     if given:
-      raise ValueError(f"generate(): {given} apply to strategy='sample' only; got strategy={strategy!r}")
+      raise UserError(f"generate(): {given} apply to strategy='sample' only; got strategy={strategy!r}")
   if strategy != "beam" and num_beams not in (None, 1):
-    raise ValueError(f"generate(): num_beams applies to strategy='beam' only; got strategy={strategy!r}")
+    raise UserError(f"generate(): num_beams applies to strategy='beam' only; got strategy={strategy!r}")
   if temperature is not None and not temperature > 0:
-    raise ValueError(f"generate(): temperature must be > 0; got {temperature!r}")
+    raise UserError(f"generate(): temperature must be > 0; got {temperature!r}")
   if top_k is not None and not (isinstance(top_k, int) and 0 < top_k <= c.vocab_size):
-    raise ValueError(f"generate(): top_k must be an integer in [1, vocab_size={c.vocab_size}]; got {top_k!r}")
+    raise UserError(f"generate(): top_k must be an integer in [1, vocab_size={c.vocab_size}]; got {top_k!r}")
   if top_p is not None and not 0.0 < top_p <= 1.0:
-    raise ValueError(f"generate(): top_p must be in (0, 1]; got {top_p!r}")
+    raise UserError(f"generate(): top_p must be in (0, 1]; got {top_p!r}")
   num_beams = (4 if num_beams is None else num_beams) if strategy == "beam" else 1
   if not (isinstance(num_beams, int) and num_beams > 0):
-    raise ValueError(f"generate(): num_beams must be a positive integer; got {num_beams!r}")
+    raise UserError(f"generate(): num_beams must be a positive integer; got {num_beams!r}")
   if early_stopping not in (True, False, "never"):
-    raise ValueError(f"generate(): early_stopping must be True, False or 'never'; got {early_stopping!r}")
+    raise UserError(f"generate(): early_stopping must be True, False or 'never'; got {early_stopping!r}")
   pad_token_id = c.pad_token_id if pad_token_id is None else pad_token_id
   for name, tok in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
     if tok is not None and not (isinstance(tok, (int, np.integer)) and 0 <= tok < c.vocab_size):
-      raise ValueError(f"generate(): {name} must be a token id in [0, {c.vocab_size}); got {tok!r}")
+      raise UserError(f"generate(): {name} must be a token id in [0, {c.vocab_size}); got {tok!r}")
   if callback is not None and strategy == "beam":
-    raise ValueError("generate(): callback (streaming) is for greedy and sampled decoding, not beam search")
+    raise UserError("generate(): callback (streaming) is for greedy and sampled decoding, not beam search")
 
   settings = Settings(strategy, max_new_tokens, top_k, top_p is not None and top_p < 1.0, num_beams,
                       early_stopping, eos_token_id is not None, callback)

@@ -17,6 +17,8 @@ import numpy as np
 import safetensors
 from safetensors.numpy import save_file
 
+from tfm.errors import UserError
+
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH = "pytorch_model.bin"
@@ -24,7 +26,7 @@ PYTORCH_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, PYTORCH, PYTORCH_INDEX)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
   """A weight file or directory that cannot be read as a Hugging Face checkpoint."""
 
 
@@ -33,8 +35,8 @@ def open_safetensors(path: str):
   try:
     return safetensors.safe_open(path, framework="np")
   except safetensors.SafetensorError as e:  # the library's message says what is wrong, not which file
-    raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({os.path.getsize(path)} bytes): {e}") \
-        from None
+    raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({os.path.getsize(path)} bytes): "
+                          f"{' '.join(str(e).split())}") from None
 
 
 class WeightFiles:

@@ -16,7 +16,7 @@ import numpy as np
 
 from tfm import attention as core
 from tfm.config import ModelConfig
-from tfm.layers.primitives import Dense, Norm, activation
+from tfm.layers.primitives import Dense, Dropout, Norm, activation, row_keys
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
@@ -66,7 +66,7 @@ class Block(nn.Module):
   def _sublayer(self, x, fn, norm_name):
     """Returns x + fn(x) with the norm before fn (pre-norm) or after the sum (post-norm), and dropout on fn's output."""
     c = self.config
-    drop = nn.Dropout(c.dropout_rate)
+    drop = Dropout(c.dropout_rate)
     if c.norm_position == "pre":
       return x + drop(fn(Norm(c, name=norm_name)(x)), deterministic=self.deterministic)
     return Norm(c, name=norm_name)(x + drop(fn(x), deterministic=self.deterministic))
@@ -124,7 +124,7 @@ class Attention(nn.Module):
 
     dropout_rng = None
     if not self.deterministic and c.attention_dropout_rate > 0:
-      dropout_rng = self.make_rng("dropout")
+      dropout_rng = row_keys(self.make_rng("dropout"), x_q.shape[0])  # [batch] keys: masks follow global rows
     out = core.dot_product_attention(
         q, k, v, bias=bias, mask=mask, scale=d ** -0.5 if c.scale_attention else 1.0,
         dropout_rate=c.attention_dropout_rate, dropout_rng=dropout_rng, deterministic=self.deterministic,

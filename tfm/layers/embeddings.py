@@ -20,7 +20,7 @@ import numpy as np
 from tfm import attention as core
 from tfm import ops
 from tfm.config import ModelConfig
-from tfm.layers.primitives import Dense, Norm, activation, to_dtype
+from tfm.layers.primitives import Dense, Dropout, Norm, activation, to_dtype
 
 # ----------------------------------------------------------------------------------------------
 # In: tokens and positions
@@ -81,7 +81,7 @@ class InputEmbedding(nn.Module):
       x = x + types(token_type_ids)
     if c.embed_norm:
       x = Norm(c, name="embed_norm")(x)
-    x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(c.dropout_rate)(x, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -196,10 +196,10 @@ class ClassifierHead(nn.Module):
     """Returns the classification logits [batch, num_labels]."""
     c = self.config
     kw = dict(init_std=c.kernel_std, dtype=c.dtype, param_dtype=c.param_dtype)
-    x = nn.Dropout(c.dropout_rate)(pooled, deterministic=deterministic)
+    x = Dropout(c.dropout_rate)(pooled, deterministic=deterministic)
     if c.classifier_hidden:
       x = jnp.tanh(Dense((c.d_model,), ("embed", "embed"), name="dense", **kw)(x))
-      x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+      x = Dropout(c.dropout_rate)(x, deterministic=deterministic)
     return Dense((c.num_labels,), ("embed", "labels"), use_bias=c.classifier_bias, name="out", **kw)(x)
 
 

@@ -1,13 +1,21 @@
-"""The parts every layer is made of: Dense, Norm, the activations, and the config dtype names.
+"""The parts every layer is made of: Dense, Norm, Dropout, the activations, and the config dtype names.
 
 The products inside Dense, Norm and the tied head are `tfm.ops` calls: plain XLA ops, with the
 forms XLA:CPU runs faster chosen there when a program is lowered for CPU.
+
+Dropout is per example: the mask of row b of a batch is drawn from `fold_in(layer key, global row
+of b)` alone, so it does not depend on how the global batch is cut (devices of a mesh, pmap,
+processes, micro-batches). The global rows come from `example_rows(rows)` around the model call
+(the train step sets it); without it row b of the array is global row b (one device, or jit over
+a mesh, where the program sees the whole global batch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional, Sequence
+import threading
+from typing import Iterator, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -76,6 +84,55 @@ class Norm(nn.Module):
       bias = bias.astype(jnp.float32)
     y = ops.scale_and_shift(xf * jax.lax.rsqrt(var + c.norm_eps), scale.astype(jnp.float32), bias)
     return y.reshape(x.shape).astype(to_dtype(c.dtype))
+
+
+_ROWS = threading.local()  # .rows: int32 [batch] global rows of the batch being traced, or None
+
+
+@contextlib.contextmanager
+def example_rows(rows) -> Iterator[None]:
+  """Yields with `rows` (int [batch]: each row's index in the global batch) as the rows dropout keys by.
+
+  Set while a model call is traced (a context, so no model signature carries it); nesting restores
+  the outer rows on exit.
+  """
+  outer = getattr(_ROWS, "rows", None)
+  _ROWS.rows = rows
+  try:
+    yield
+  finally:
+    _ROWS.rows = outer
+
+
+def row_keys(key: jax.Array, batch: int) -> jax.Array:
+  """Returns one key per row of a batch of `batch` rows: fold_in(key, global row), [batch] keys.
+
+  The global rows are those of the enclosing `example_rows`, else 0 .. batch - 1.
+  """
+  rows = getattr(_ROWS, "rows", None)
+  if rows is None:
+    rows = jnp.arange(batch, dtype=jnp.int32)
+  elif rows.shape[0] != batch:
+    raise ValueError(f"dropout: example_rows holds {rows.shape[0]} rows but the batch has {batch}")
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)  # [batch] keys
+
+
+class Dropout(nn.Module):
+  """Inverted dropout over [batch, ...] whose mask of row b depends only on this layer's key and b's global row."""
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    """Returns x with each element zeroed with probability `rate` and the others scaled by 1 / (1 - rate)."""
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate >= 1.0:
+      return jnp.zeros_like(x)
+    keys = row_keys(self.make_rng("dropout"), x.shape[0])  # [batch] keys
+    keep_prob = 1.0 - self.rate
+    keep = jax.vmap(lambda k: jax.random.bernoulli(k, keep_prob, x.shape[1:]))(keys)  # [batch, ...]
+    return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
 
 
 def gelu_exact(x):

@@ -29,14 +29,28 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, label_na
   }
 
 
-def classification_eval(model, params, data, predict=None) -> dict:
-  """Returns the validation metrics of a ClassifyData: accuracy, macro_f1, mcc, per_class, confusion_matrix."""
+def classification_eval(model, params, data, split: str = "eval", predict=None) -> dict:
+  """Returns the metrics of a ClassifyData split (eval | holdout): loss, accuracy, macro_f1, mcc, per_class, ...
+
+  `predict` is a compiled (params, batch) -> [batch, num_labels] logits function; pass the same one
+  at every eval (a new one compiles again).
+  """
   if predict is None:
-    predict = jax.jit(lambda p, b: classify_logits(model, p, b))
-  preds, labels = [], []
-  for batch in data.eval_batches():
+    predict = make_predict(model)
+  preds, labels, nll = [], [], []
+  for batch in data.eval_batches(split):
     keep = batch["weights"] > 0
-    logits = np.asarray(jax.device_get(predict(params, batch)))  # [batch, num_labels]
-    preds.append(np.argmax(logits, -1)[keep])
-    labels.append(batch["labels"][keep])
-  return classification_metrics(np.concatenate(labels), np.concatenate(preds), data.label_names)
+    logits = np.asarray(jax.device_get(predict(params, batch)), np.float64)[keep]  # [batch, num_labels]
+    lab = batch["labels"][keep]
+    logz = np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1)) + logits.max(-1)
+    nll.append(logz - logits[np.arange(len(lab)), lab])
+    preds.append(np.argmax(logits, -1))
+    labels.append(lab)
+  out = classification_metrics(np.concatenate(labels), np.concatenate(preds), data.label_names)
+  out["loss"] = float(np.mean(np.concatenate(nll)))
+  return out
+
+
+def make_predict(model):
+  """Returns the compiled (params, batch) -> [batch, num_labels] logits function of a classifier."""
+  return jax.jit(lambda p, b: classify_logits(model, p, b))

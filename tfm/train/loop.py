@@ -29,13 +29,15 @@ from tfm import hostmem
 from tfm.checkpoint import Checkpoints, abstract_like, resolve_model
 from tfm.data.dataset import ClassifyData, RunData
 from tfm.data.tokenizers import check_for_training, save_tokenizer
+from tfm.errors import UserError, one_line
 from tfm.train import defaults
-from tfm.train.classify_metrics import classification_eval
+from tfm.train.classify_metrics import classification_eval, make_predict
 from tfm.train.objectives import LOWER_IS_BETTER, Task, get_task
 from tfm.train.optim import learning_rate_schedule, make_optimizer
 from tfm.train.sample import sample_continuation
 from tfm.train.state import TrainState, create_train_state
-from tfm.train.step import eval_step, train_step
+from tfm.train.step import EXAMPLE_ROWS, eval_step, train_step
+from tfm.train.translate_metrics import translation_eval
 from tfm.train.writers import MetricsWriter, plot_losses, write_json
 
 
@@ -52,25 +54,78 @@ def model_config(config, task: Task, tokenizer, base: Optional[tfm.ModelConfig] 
                  num_labels: Optional[int] = None) -> tfm.ModelConfig:
   """Returns the validated ModelConfig: the preset (or `base`), the overrides, the tokenizer's vocabulary size."""
   overrides = defaults.model_overrides(config)
+  user = dict(overrides)  # what the command line asked for (named in errors)
   preset = base if base is not None else tfm.get_config(config.model)
-  if "vocab_size" not in overrides and not config.init_from:
+  own_vocab = "vocab_size" not in overrides and not config.init_from  # the data's tokenizer sizes the model
+  if own_vocab:
     overrides["vocab_size"] = tokenizer.vocab_size
+    if "pad_token_id" not in overrides and tokenizer.pad_id is not None:
+      overrides["pad_token_id"] = tokenizer.pad_id  # a preset's own ids (GPT-2: 50256) mean nothing here
   if num_labels:
     overrides["num_labels"] = num_labels
-  mc = preset.replace(**overrides) if overrides else preset
+  try:
+    mc = preset.replace(**overrides) if overrides else preset
+  except UserError as e:
+    raise defaults.override_error(e, config.model, user) from None
   if task.family != "any" and mc.family != task.family:
-    raise ValueError(f"config field 'task'={task.name!r} trains {task.family!r} models; model {config.model!r} is "
-                     f"{mc.family!r} (pick a matching preset, or another task)")
+    raise UserError(f"config field 'task'={task.name!r} trains {task.family!r} models; model {config.model!r} is "
+                    f"{mc.family!r} (pick a matching preset, or another task)")
   if mc.vocab_size < tokenizer.vocab_size:
-    raise ValueError(f"model vocab_size ({mc.vocab_size}) is smaller than the tokenizer's ({tokenizer.vocab_size})")
+    raise UserError(f"model vocab_size ({mc.vocab_size}) is smaller than the tokenizer's ({tokenizer.vocab_size}); "
+                    f"leave config field 'model_overrides.vocab_size' unset or make it >= {tokenizer.vocab_size}")
   if mc.pad_token_id != tokenizer.pad_id and task.family == "encoder_decoder":
     mc = mc.replace(pad_token_id=tokenizer.pad_id, decoder_start_token_id=tokenizer.pad_id)
-  if mc.position == "learned":
-    need = config.data.seq_len + mc.position_offset
-    if need > mc.max_len:
-      raise ValueError(f"data.seq_len={config.data.seq_len} exceeds the model's learned positions (max_len="
-                       f"{mc.max_len}); set --config.model_overrides.max_len={need} or a shorter seq_len")
+  for name in ("pad_token_id", "decoder_start_token_id"):
+    if getattr(mc, name) >= mc.vocab_size:
+      raise UserError(f"model field {name}={getattr(mc, name)} is not a token id of the model's vocabulary "
+                      f"(vocab_size {mc.vocab_size}, tokenizer {getattr(tokenizer, 'kind', '?')}); set "
+                      f"--config.model_overrides.{name} below {mc.vocab_size}")
+  if mc.position == "learned":  # the one position scheme with a largest position (rope, alibi, ...: none)
+    lengths = [("data.seq_len", config.data.seq_len)]
+    if task.source == "pairs":
+      lengths.append(("data.target_len", config.data.target_len))
+    for field, length in lengths:
+      need = length + mc.position_offset
+      if need > mc.max_len:
+        raise UserError(f"config field '{field}' ({length}) exceeds the model's learned positions (max_len="
+                        f"{mc.max_len}); set --config.model_overrides.max_len={need} or a shorter {field}")
   return mc
+
+
+def check_workdir(config, workdir: str, mc: Optional[tfm.ModelConfig] = None) -> None:
+  """Raises UserError when `workdir` holds a run of another model than `config` (and `mc`, once known) trains.
+
+  Before the data is read it compares the model fields of WORKDIR/config.json (model, init_from,
+  model_overrides); with `mc` it compares the resolved model configs too, before config.json is written.
+  """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir {workdir} is a file; choose a directory (new, or a run to resume)")
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    old_config, old_model = saved["config"], saved["model_config"]
+  except (ValueError, KeyError, TypeError, OSError):
+    raise UserError(f"--workdir {workdir} holds a config.json that is not a training run's; choose another "
+                    f"--workdir") from None
+  # how the model runs, not what it is: a resumed run may change these
+  not_compared = {"attention_impl", "remat", "dtype", "dropout_rate", "attention_dropout_rate", "pad_token_id",
+                  "decoder_start_token_id"}
+  overrides = lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in (d or {}).items()
+                         if v is not None and k not in not_compared}
+  here = {"model": config.model, "init_from": config.init_from,
+          "model_overrides": overrides(defaults.model_overrides(config))}
+  there = {"model": old_config.get("model"), "init_from": old_config.get("init_from", ""),
+           "model_overrides": overrides(old_config.get("model_overrides"))}
+  differ = [f"{k}: {there[k]!r} there, {here[k]!r} here" for k in here if here[k] != there[k]]
+  if mc is not None and not differ:
+    differ = [f"model_config.{k}: {old_model.get(k)!r} there, {v!r} here" for k, v in mc.to_dict().items()
+              if k not in not_compared and old_model.get(k) != v]
+  if differ:
+    raise UserError(f"--workdir {workdir} holds a run of another model ({'; '.join(differ[:4])}): to resume it, run "
+                    f"the command that started it again; to train this model, choose another --workdir")
 
 
 def init_params(model, batch: dict, rng):
@@ -99,9 +154,9 @@ class Runtime:
 
 def _step_fn(model, tx, task, micro_batches, axis_name=None):
   def fn(state, batch):
-    rng = jax.random.fold_in(state.rng, state.step)  # the step's key: resume gives the same keys
-    if axis_name is not None:  # pmap: each device draws its own dropout masks
-      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    # The step's key (resume gives the same keys), the same on every device: dropout masks follow each
+    # example's global row (tfm.train.step), so every topology draws the same ones.
+    rng = jax.random.fold_in(state.rng, state.step)
     return train_step(state, batch, rng, model=model, tx=tx, task=task, micro_batches=micro_batches,
                       axis_name=axis_name)
   return fn
@@ -141,7 +196,9 @@ def _parallel_runtime(config, init_fn, step, evaluate) -> Runtime:
     evaluate_p = parallel.pmap_step(lambda p, b: evaluate(p, b, axis_name=parallel.PMAP_AXIS), axis_name_kwarg=None,
                                     donate=False)
     split = lambda b: parallel.split_batch(local(b))
-    return Runtime(state, lambda s, b: train(s, split(b)), lambda p, b: evaluate_p(p, split(b)), abstract,
+    # Each row's index in the global batch travels with it (the key of its dropout masks).
+    with_rows = lambda b: dict(b, **{EXAMPLE_ROWS: np.arange(config.train.batch_size, dtype=np.int32)})
+    return Runtime(state, lambda s, b: train(s, split(with_rows(b))), lambda p, b: evaluate_p(p, split(b)), abstract,
                    f"pmap over {jax.local_device_count()} local devices x {jax.process_count()} process(es)")
   mesh = parallel.mesh_from_config(config)
   rules = parallel.logical_rules(config)
@@ -253,18 +310,22 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
   t_start = time.time()
   defaults.check_config(config)  # every field, before any data is read
   workdir = os.path.abspath(workdir)
+  check_workdir(config, workdir)  # a run of another model there: refused before anything is written
   os.makedirs(workdir, exist_ok=True)
-  task = get_task(config.task)
   t = config.train
+  task = dataclasses.replace(get_task(config.task), label_smoothing=float(t.label_smoothing))
   # The model to start from (a run, params or Hugging Face directory): its architecture replaces the
   # preset, its tokenizer becomes the run's.
   pretrained = resolve_model(config.init_from) if config.init_from else None
   if pretrained is not None and pretrained.tokenizer is not None:
     _keep_tokenizer(pretrained.tokenizer, workdir, config)
   base = pretrained.config if pretrained is not None else None
+  baselines = None
   if task.source == "labelled":
     data = ClassifyData(config, task, workdir, log=log)
     mc = model_config(config, task, data.tokenizer, base=base, num_labels=len(data.label_names))
+    if t.baselines:
+      baselines = _baselines(data, workdir, log)
   else:
     data = RunData(config, task, workdir, log=log)
     mc = model_config(config, task, data.tokenizer, base=base)
@@ -274,12 +335,13 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
   model = tfm.build(mc)
   tx = make_optimizer(config.optimizer, t.steps)
   schedule = learning_rate_schedule(config.optimizer, t.steps)
+  check_workdir(config, workdir, mc)
   write_json(os.path.join(workdir, "config.json"), {"config": config.to_dict(), "model_config": mc.to_dict()})
 
   runtime = make_runtime(config, model, tx, task, data.train_batch(0))
   num_params = tfm.count_params(runtime.state.params)
   ckpts = Checkpoints(workdir, t.keep_checkpoints)
-  restored = ckpts.restore(runtime.abstract_state)
+  restored = ckpts.restore(runtime.abstract_state, restart_if_unreadable=t.restart_if_unreadable)
   tokens_seen, best_eval, evals_since_best, best_record = 0, (-math.inf if higher_better else math.inf), 0, None
   if restored is not None:
     state, meta = restored
@@ -304,7 +366,8 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
             "best_metric": best_metric, "evals_since_best": evals_since_best, "best_record": best_record,
             "seed": t.seed}
 
-  last_train, last_eval, stopped = None, None, None
+  last_train, last_eval, stopped, predict, decoded = None, None, None, None, None
+  select_key = f"holdout_{best_metric}" if task.source == "labelled" else best_metric  # what picks the best
   last_ckpt = ckpts.latest_step()
   if start == 0 and t.eval_at_start:  # the reference point of the learning curve: the untrained model
     ev = evaluate(runtime, state.params, data)
@@ -344,21 +407,30 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
         is_eval = step % t.eval_every == 0 or step == t.steps
         if is_eval:
           ev = evaluate(runtime, state.params, data)
-          if task.source == "labelled":
-            details = classification_eval(model, state.params, data)
-            ev.update({k: v for k, v in details.items() if isinstance(v, float)})
+          if task.source == "labelled":  # the run chooses on the holdout split, and reports the eval split
+            predict = predict or make_predict(model)
+            details = classification_eval(model, state.params, data, predict=predict)
+            ev.update({k: v for k, v in details.items() if isinstance(v, float) and k != "loss"})
+            held = classification_eval(model, state.params, data, split="holdout", predict=predict)
+            ev.update({f"holdout_{k}": v for k, v in held.items() if isinstance(v, float)})
             write_json(os.path.join(workdir, "eval_classification.json"), {"step": step, **details})
+          if task.name == "seq2seq" and t.eval_decode_examples:  # translate the validation sources, score with sacreBLEU
+            decoded = translation_eval(model, state.params, data, config, workdir, step, log=log)
+            ev.update(decoded["scores"])
           last_eval = writer.write(step, "eval", ev)
           msg = f"step {step}: eval loss {ev['loss']:.4f} (perplexity {ev['perplexity']:.2f}, accuracy {ev['accuracy']:.3f})"
           if task.source == "labelled":
-            msg += f", macro-F1 {ev['macro_f1']:.3f}, MCC {ev['mcc']:.3f}"
+            msg += (f", macro-F1 {ev['macro_f1']:.3f}, MCC {ev['mcc']:.3f}; holdout {best_metric} "
+                    f"{ev['holdout_' + best_metric]:.4f}")
           if task.generates and t.sample_tokens:
-            msg += "\n" + _sample_text(model, state.params, data, t)
+            msg += "\n" + _sample_or_warning(model, state.params, data, t)
+          if decoded is not None and "bleu" in ev:
+            msg += decoded["report"]
           (bar.write if bar is not None else log)(msg)
           window_t = time.time()  # eval time is not training throughput
         out_of_time = t.max_wall_s and time.time() - t_start > t.max_wall_s
         if step % t.checkpoint_every == 0 or step == t.steps or sig.stop or out_of_time or is_eval:
-          value = last_eval[best_metric] if is_eval else None
+          value = last_eval[select_key] if is_eval else None
           improved = is_eval and (value > best_eval if higher_better else value < best_eval)
           if improved:
             best_eval, evals_since_best, best_record = value, 0, dict(last_eval)
@@ -387,7 +459,6 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
     # Resumed at the end, or stopped between evals: evaluate the final params so the summary is current
     # (not after SIGTERM, whose grace period is short).
     last_eval = dict(evaluate(runtime, state.params, data), step=int(state.step))
-  plot = plot_losses(workdir)
   train_loss = last_train["loss"] if last_train else _last_logged(workdir, "train")
   summary = {"train_loss": train_loss, "eval_loss": last_eval["loss"], "eval_perplexity": last_eval["perplexity"],
              "eval_accuracy": last_eval["accuracy"], "steps": int(state.step), "wall_time_s": time.time() - t_start,
@@ -400,21 +471,68 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
   if task.source == "labelled":
     summary.update({f"eval_{k}": last_eval[k] for k in ("macro_f1", "mcc") if k in last_eval})
     summary["labels"] = data.label_names
+    summary["best_selected_on"] = "holdout"
+    if baselines is not None:
+      summary.update({k: v for k, v in baselines.items()})
+  if decoded is not None:
+    summary.update(decoded["summary"])  # the last decoding eval: eval_bleu, eval_chrf, the sacreBLEU signatures
   if stopped:
     summary["stopped"] = stopped
-  write_json(os.path.join(workdir, "summary.json"), summary)
+  write_json(os.path.join(workdir, "summary.json"), summary)  # first: a failing plot or sample loses nothing
+  try:
+    plot = os.path.basename(plot_losses(workdir)) + ", "
+  except Exception as e:  # pylint: disable=broad-except (the plot is a convenience; the results are saved)
+    plot = ""
+    log(f"warning: loss.png not written ({type(e).__name__}: {e})")
   log(f"eval loss {summary['eval_loss']:.4f} after {summary['steps']} steps ({summary['wall_time_s']:.0f}s); "
-      f"results in {workdir}: summary.json, metrics.jsonl, {os.path.basename(plot)}, tensorboard/, checkpoints/")
+      f"results in {workdir}: summary.json, metrics.jsonl, {plot}tensorboard/, checkpoints/")
+  if _versus_baseline(summary):
+    log(_versus_baseline(summary))
   if task.generates and t.sample_tokens:
-    log(_sample_text(model, state.params, data, t))
+    log(_sample_or_warning(model, state.params, data, t))
   summary["params"] = state.params  # for callers (tests); not written to summary.json
   return summary
+
+
+def _baselines(data: ClassifyData, workdir: str, log) -> dict:
+  """Returns the majority-class and TF-IDF baselines of the run's splits (WORKDIR/baselines.json once fitted)."""
+  from tfm.train.baselines import baseline_line, text_baselines
+  path = os.path.join(workdir, "baselines.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      out = json.load(f)
+  else:
+    split = lambda s: (s.texts, s.texts_b, s.labels)
+    out = text_baselines(split(data.texts["train"]), split(data.texts["holdout"]), split(data.texts["eval"]),
+                         data.label_names)
+    write_json(path, out)
+  log(baseline_line(out))
+  return out
+
+
+def _versus_baseline(summary: dict) -> str:
+  """Returns the closing comparison of a classification run with its TF-IDF baseline ("" without baselines)."""
+  if "baseline_tfidf_accuracy" not in summary or "best_eval_accuracy" not in summary:
+    return ""
+  acc, base = summary["best_eval_accuracy"], summary["baseline_tfidf_accuracy"]
+  f1, base_f1 = summary.get("best_eval_macro_f1", float("nan")), summary["baseline_tfidf_macro_f1"]
+  return (f"evaluation accuracy {acc:.4f} at the best step {summary.get('best_step')} (chosen on the holdout split): "
+          f"{100 * (acc - base):+.1f} points against TF-IDF + logistic regression ({base:.4f}); macro-F1 {f1:.4f} "
+          f"({100 * (f1 - base_f1):+.1f} against {base_f1:.4f})")
 
 
 def _last_logged(workdir: str, split: str) -> Optional[float]:
   from tfm.train.writers import read_metrics
   vals = [r["loss"] for r in read_metrics(workdir) if r["split"] == split]
   return vals[-1] if vals else None
+
+
+def _sample_or_warning(model, params, data: RunData, t) -> str:
+  """Returns the printable sample, or a warning line when generating it fails (the run goes on)."""
+  try:
+    return _sample_text(model, params, data, t)
+  except Exception as e:  # pylint: disable=broad-except (a sample is for reading; it never stops a run)
+    return f"warning: no sample ({type(e).__name__}: {one_line(e)})"
 
 
 def _sample_text(model, params, data: RunData, t) -> str:

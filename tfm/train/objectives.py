@@ -32,10 +32,17 @@ LOWER_IS_BETTER = ("loss", "perplexity")  # eval metrics where smaller wins (tra
 # ------------------------------------------------------------------------------------------------
 
 
-def cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
-  """Returns {"loss", "weight", "correct"} sums: float32 cross-entropy of logits [b, l, v] vs targets [b, l]."""
+def cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array, label_smoothing: float = 0.0) -> dict:
+  """Returns {"loss", "weight", "correct"} sums: float32 cross-entropy of logits [b, l, v] vs targets [b, l].
+
+  With `label_smoothing` e > 0 the target distribution is (1 - e) on the label plus e spread evenly
+  over the whole vocabulary (Szegedy et al. 2016, as in Vaswani et al. 2017).
+  """
   logits = logits.astype(jnp.float32)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [batch, length]
+  if label_smoothing:
+    uniform = -jnp.mean(jax.nn.log_softmax(logits, axis=-1), axis=-1)  # [batch, length]: CE against the uniform distribution
+    ce = (1.0 - label_smoothing) * ce + label_smoothing * uniform
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   return {"loss": jnp.sum(ce * weights), "weight": jnp.sum(weights), "correct": jnp.sum(correct * weights)}
 
@@ -44,14 +51,14 @@ def _rngs(rng, deterministic):
   return None if deterministic else {"dropout": rng}
 
 
-def lm_loss(model, params, batch, rng, deterministic):
+def lm_loss(model, params, batch, rng, deterministic, label_smoothing=0.0):
   """Returns the sums of a causal or masked LM loss: logits at every position, weighted (packed: segment ids)."""
   logits = model.apply({"params": params}, batch["inputs"], segment_ids=batch["segment_ids"],
                        deterministic=deterministic, rngs=_rngs(rng, deterministic))
-  return cross_entropy_sums(logits, batch["targets"], batch["weights"])
+  return cross_entropy_sums(logits, batch["targets"], batch["weights"], label_smoothing)
 
 
-def seq2seq_loss(model, params, batch, rng, deterministic):
+def seq2seq_loss(model, params, batch, rng, deterministic, label_smoothing=0.0):
   """Returns the sums of the teacher-forced encoder-decoder loss (span corruption and seq2seq)."""
   c = model.config
   pad = c.pad_token_id
@@ -59,7 +66,7 @@ def seq2seq_loss(model, params, batch, rng, deterministic):
   logits = model.apply({"params": params}, batch["inputs"], attention_mask=(batch["inputs"] != pad).astype(jnp.int32),
                        decoder_input_ids=decoder_inputs, decoder_attention_mask=(batch["weights"] > 0).astype(jnp.int32),
                        deterministic=deterministic, rngs=_rngs(rng, deterministic))
-  return cross_entropy_sums(logits, batch["targets"], batch["weights"])
+  return cross_entropy_sums(logits, batch["targets"], batch["weights"], label_smoothing)
 
 
 def classify_logits(model, params, batch, rng=None, deterministic=True):
@@ -71,10 +78,12 @@ def classify_logits(model, params, batch, rng=None, deterministic=True):
                      deterministic=deterministic, rngs=_rngs(rng, deterministic), **kw)
 
 
-def classify_loss(model, params, batch, rng, deterministic):
+def classify_loss(model, params, batch, rng, deterministic, label_smoothing=0.0):
   """Returns {"loss", "weight", "correct"} sums of the (class-weighted) cross-entropy of the labels [batch]."""
   logits = classify_logits(model, params, batch, rng, deterministic).astype(jnp.float32)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])  # [batch]
+  if label_smoothing:
+    ce = (1.0 - label_smoothing) * ce - label_smoothing * jnp.mean(jax.nn.log_softmax(logits, axis=-1), axis=-1)
   w = batch["weights"]
   correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
   return {"loss": jnp.sum(ce * w), "weight": jnp.sum(w), "correct": jnp.sum(correct * (w > 0))}
@@ -98,6 +107,7 @@ class Task:
   num_sentinels: Callable[[int], int] = lambda seq_len: 0
   generates: bool = False              # print a generated sample at each eval
   metrics: tuple = ("loss", "accuracy", "perplexity")  # eval metrics, any of them can be train.best_metric
+  label_smoothing: float = 0.0         # training loss only (train.label_smoothing); eval losses are plain NLL
 
 
 TASKS = {
@@ -105,7 +115,8 @@ TASKS = {
     "mlm": Task("mlm", "encoder", "stream", lambda n: n, batches.mlm_batch, lm_loss),
     "span": Task("span", "encoder_decoder", "stream", lambda n: n, batches.span_batch, seq2seq_loss,
                  num_sentinels=lambda n: batches.span_lengths(n)[1]),
-    "seq2seq": Task("seq2seq", "encoder_decoder", "pairs", lambda n: n, None, seq2seq_loss),
+    "seq2seq": Task("seq2seq", "encoder_decoder", "pairs", lambda n: n, None, seq2seq_loss,
+                    metrics=("loss", "accuracy", "perplexity", "bleu", "chrf")),
     "classify": Task("classify", "any", "labelled", lambda n: n, None, classify_loss,
                      metrics=("loss", "accuracy", "perplexity", "macro_f1", "mcc")),
 }

@@ -2,7 +2,12 @@
 
 `train_step(state, batch, rng, *, model, tx, task, micro_batches=1, axis_name=None)`:
   batch: dict of [batch, ...] arrays made by the task (see tfm.train.objectives);
-  rng: the step's key (dropout; micro-batch i uses fold_in(rng, i)).
+  rng: the step's key (dropout). Dropout masks are drawn per example: the mask of a row depends on
+  rng, the layer and the row's index in the global batch only (tfm.layers.primitives.example_rows),
+  so one device, any mesh, pmap, several processes and any `micro_batches` draw the same masks. The
+  global rows are batch[EXAMPLE_ROWS] (int [rows]) when the caller gives them (the pmap runtime
+  does), else 0 .. rows - 1 offset by the device's index along `axis_name` (pmap over one process),
+  which under jit over a mesh is the global batch itself.
   Gradient accumulation: the batch is split into `micro_batches` slices and a lax.scan adds up the
   gradients of the summed loss, then divides once by the total weight: the same update as one big
   batch. With `axis_name` (pmap), the sums are `lax.psum`-ed over that axis before dividing, which
@@ -15,6 +20,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+
+from tfm.layers.primitives import example_rows
+
+EXAMPLE_ROWS = "example_rows"  # optional batch entry: int32 [rows], each row's index in the global batch
+
+
+def global_rows(batch, axis_name=None) -> jax.Array:
+  """Returns int32 [rows]: batch[EXAMPLE_ROWS], else arange(rows) (+ rows * device index along `axis_name`)."""
+  if EXAMPLE_ROWS in batch:
+    return jnp.asarray(batch[EXAMPLE_ROWS], jnp.int32)
+  n = jax.tree_util.tree_leaves(batch)[0].shape[0]
+  rows = jnp.arange(n, dtype=jnp.int32)
+  if axis_name is not None:  # pmap: device d holds rows d * n .. d * n + n - 1 of the batch
+    rows = rows + n * jax.lax.axis_index(axis_name)
+  return rows
 
 
 def _split(batch, n):
@@ -32,33 +52,42 @@ def _split(batch, n):
   return jax.tree_util.tree_map(f, batch)
 
 
-def loss_and_grad_sums(params, batch, rng, *, model, task, micro_batches=1):
-  """Returns (grad sums, {"loss", "weight", "correct"} sums) over the batch, accumulated over micro-batches."""
-  def loss_fn(p, mb, r):
-    sums = task.loss(model, p, mb, r, deterministic=False)
+def loss_and_grad_sums(params, batch, rng, *, model, task, micro_batches=1, axis_name=None):
+  """Returns (grad sums, {"loss", "weight", "correct"} sums) over the batch, accumulated over micro-batches.
+
+  Every micro-batch uses the same `rng`: its rows' global indices (`global_rows`) tell their dropout
+  masks apart, so the masks are those of the whole batch in one step.
+  """
+  rows = global_rows(batch, axis_name)  # [rows]
+  batch = {k: v for k, v in batch.items() if k != EXAMPLE_ROWS}
+
+  def loss_fn(p, mb, mb_rows):
+    with example_rows(mb_rows):
+      sums = task.loss(model, p, mb, rng, deterministic=False, label_smoothing=task.label_smoothing)
     return sums["loss"], sums
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
   if micro_batches == 1:
-    return grad_fn(params, batch, jax.random.fold_in(rng, 0))
+    return grad_fn(params, batch, rows)
 
-  micro = _split(batch, micro_batches)
+  micro, micro_rows = _split((batch, rows), micro_batches)  # [n, rows / n, ...], [n, rows / n]
   zeros = (jax.tree_util.tree_map(jnp.zeros_like, params),
            {"loss": jnp.zeros((), jnp.float32), "weight": jnp.zeros((), jnp.float32),
             "correct": jnp.zeros((), jnp.float32)})
 
   def body(carry, xs):
-    i, mb = xs
-    g, s = grad_fn(params, mb, jax.random.fold_in(rng, i))
+    mb, mb_rows = xs
+    g, s = grad_fn(params, mb, mb_rows)
     return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
 
-  (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(micro_batches), micro))
+  (grads, sums), _ = jax.lax.scan(body, zeros, (micro, micro_rows))
   return grads, sums
 
 
 def train_step(state, batch, rng, *, model, tx, task, micro_batches=1, axis_name=None):
   """Returns (state after one optimizer step on `batch`, metrics dict of scalars)."""
-  grads, sums = loss_and_grad_sums(state.params, batch, rng, model=model, task=task, micro_batches=micro_batches)
+  grads, sums = loss_and_grad_sums(state.params, batch, rng, model=model, task=task, micro_batches=micro_batches,
+                                   axis_name=axis_name)
   if axis_name is not None:
     grads, sums = jax.lax.psum((grads, sums), axis_name)
   denom = jnp.maximum(sums["weight"], 1.0)

@@ -29,12 +29,18 @@ def write_json(path: str, obj) -> str:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """Returns the records of WORKDIR/metrics.jsonl (empty if none)."""
+  """Returns the records of WORKDIR/metrics.jsonl (empty if none); a last line cut short by a kill is left out."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split("\n")
+  if lines and lines[-1].strip():  # no newline after it: the process died while writing it
+    try:
+      json.loads(lines[-1])
+    except ValueError:
+      lines.pop()
+  return [json.loads(line) for line in lines if line.strip()]
 
 
 class MetricsWriter:
