@@ -17,6 +17,7 @@ loss mask were checked: gradients equal the reference attention's, logits match 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -256,3 +257,138 @@ def test_cli_translates_a_file_as_the_api_does(tiny_run, tmp_path):
   assert [g for g, s in zip(got, sources) if s] == want
   (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\xfe\n")
   assert main(["--workdir", str(run), "--input", str(tmp_path / "bad.txt")]) == 2  # not UTF-8: one-line error
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad pairs, a stop between evals, the task prefix, fine-tuning a Hugging Face T5
+# ------------------------------------------------------------------------------------------------
+
+from tfm.errors import UserError
+
+
+def _run(c, workdir, lines=None):
+  from tfm.train.loop import train_and_evaluate
+  return train_and_evaluate(c, str(workdir), log=(lines.append if lines is not None else lambda *_: None))
+
+
+def _with_row(tmp_path, row: bytes, name="train.tsv"):
+  """Returns a tiny translation config whose `name` file has `row` added as its line 4 (the header is line 1)."""
+  if not EN_DE.exists():
+    pytest.skip(f"{EN_DE} is not here")
+  _tiny_pairs(tmp_path / "pairs", n_train=40, n_valid=16)
+  path = tmp_path / "pairs" / name
+  lines = path.read_bytes().split(b"\n")
+  path.write_bytes(b"\n".join(lines[:3] + [row] + lines[3:]))
+  c = _translate_config(tmp_path / "pairs", tmp_path / "tfds")
+  c.train.update(dict(steps=2, eval_every=2, eval_decode_examples=4))
+  return c, str(path)
+
+
+def test_a_pair_row_without_a_tab_is_an_error_naming_file_and_line(tmp_path):
+  c, path = _with_row(tmp_path, b"no tab in this row")
+  with pytest.raises(UserError, match=rf"^{path}, row 4: missing field\(s\)"):
+    _run(c, tmp_path / "run")
+
+
+def test_a_pair_file_that_is_not_utf8_is_an_error_naming_file_and_line(tmp_path):
+  c, path = _with_row(tmp_path, b"caf\xe9\tCaf\xe9\tx", name="valid.tsv")
+  with pytest.raises(UserError, match=rf"^{path}: byte offset \d+ \(line 4\) is not UTF-8"):
+    _run(c, tmp_path / "run")
+
+
+def test_an_empty_target_is_an_error_naming_file_and_line_or_skipped_and_counted(tmp_path):
+  c, path = _with_row(tmp_path, b"file not found\t\tcoreutils")
+  with pytest.raises(UserError, match=rf"^{path}, line 4: empty source \('en'\) or target \('de'\).*1 such pairs"):
+    _run(c, tmp_path / "run")
+  c.data.empty_pairs = "skip"
+  lines = []
+  summary = _run(c, tmp_path / "run2", lines)
+  assert "data.empty_pairs=skip: skipped 1 of 41 train pairs with an empty source or target" in "\n".join(lines)
+  assert summary["steps"] == 2
+
+
+def test_a_run_cut_short_by_max_wall_s_ends_on_a_decoding_eval_with_greedy_beside_beam(tmp_path):
+  if not EN_DE.exists():
+    pytest.skip(f"{EN_DE} is not here")
+  _tiny_pairs(tmp_path / "pairs", n_train=60, n_valid=16)
+  c = _translate_config(tmp_path / "pairs", tmp_path / "tfds")
+  c.train.update(dict(steps=50, eval_every=50, checkpoint_every=50, eval_decode_examples=8, max_wall_s=1e-3,
+                      final_greedy_decode=True))
+  summary = _run(c, tmp_path / "run")
+  assert summary["stopped"] == "max_wall_s" and summary["steps"] == 1  # stopped long before the first eval
+  evals = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+  evals = [r for r in evals if r["split"] == "eval"]
+  assert [r["step"] for r in evals] == [1]  # ... and evaluated (with decoding) there all the same
+  assert summary["eval_bleu"] == evals[0]["bleu"] and summary["eval_bleu_greedy"] == evals[0]["bleu_greedy"]
+  assert summary["eval_decoding"].startswith("beam 2") and "eval_chrf_greedy" in summary
+  assert json.load(open(tmp_path / "run" / "summary.json"))["best_step"] == 1
+
+
+def test_input_prefix_is_put_before_every_source_in_training_eval_and_decoding(tmp_path):
+  from tfm.data.dataset import RunData
+  from tfm.generate.translate import decode_settings
+  if not EN_DE.exists():
+    pytest.skip(f"{EN_DE} is not here")
+  _tiny_pairs(tmp_path / "pairs", n_train=40, n_valid=16)
+  c = _translate_config(tmp_path / "pairs", tmp_path / "tfds")
+  c.data.seq_len = 96
+  c.data.input_prefix = "translate English to German: "
+  (tmp_path / "run").mkdir()
+  data = RunData(c, get_task("seq2seq"), str(tmp_path / "run"), log=lambda *_: None)
+  tok = data.tokenizer
+  for split in (data.train, data.eval):
+    first = split.inputs[0][split.inputs[0] != tok.pad_id][:-1]  # without [EOS]
+    assert tok.decode(first.tolist()).startswith("translate English to German: ")
+  src = data.eval_pairs[0][0]
+  assert not src.startswith("translate")  # the raw source is kept for reports and eval_translations.json
+  settings = decode_settings(c)
+  assert settings.input_prefix == "translate English to German: "
+  model = tfm.build(tfm.get_config("transformer-tiny", vocab_size=tok.vocab_size, d_model=32, num_layers=1,
+                                   num_decoder_layers=1, num_heads=2, d_ff=64, pad_token_id=tok.pad_id,
+                                   decoder_start_token_id=tok.pad_id))
+  params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32), decoder_input_ids=jnp.ones((1, 4), jnp.int32))
+  plain = DecodeSettings(num_beams=1, max_new_tokens=8, batch_size=4, seq_len=96)
+  prefixed = dataclasses.replace(plain, input_prefix="translate English to German: ")
+  with_prefix = translate(model, params, tok, [src, "out of memory"], prefixed)
+  assert with_prefix == translate(model, params, tok, [prefixed.input_prefix + s for s in (src, "out of memory")], plain)
+
+
+def test_fine_tuning_a_hugging_face_t5_on_pairs_loads_every_weight_and_its_tokenizer(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  pytest.importorskip("torch")
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  if not EN_DE.exists():
+    pytest.skip(f"{EN_DE} is not here")
+  _tiny_pairs(tmp_path / "pairs", n_train=40, n_valid=16)
+  texts = [l.split("\t")[k] for l in (tmp_path / "pairs" / "train.tsv").read_text().splitlines()[1:] for k in (0, 1)]
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(texts + ["translate English to German: "], trainers.BpeTrainer(
+      vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  hf_dir = tmp_path / "t5"
+  cfg = transformers.T5Config(vocab_size=tok.get_vocab_size(), d_model=32, d_kv=16, d_ff=64, num_layers=1,
+                              num_decoder_layers=1, num_heads=2, pad_token_id=0, eos_token_id=1,
+                              decoder_start_token_id=0)
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(0)
+  transformers.T5ForConditionalGeneration(cfg).save_pretrained(str(hf_dir))
+  tok.save(str(hf_dir / "tokenizer.json"))
+  c = _translate_config(tmp_path / "pairs", tmp_path / "tfds")
+  c.init_from = str(hf_dir)
+  c.model = "t5-small"  # ignored: the architecture comes from init_from
+  for k in list(c.model_overrides.keys()):
+    c.model_overrides[k] = None
+  c.data.tokenizer = "bpe"  # replaced by the checkpoint's
+  c.data.seq_len = c.data.target_len = 96
+  c.data.input_prefix = "translate English to German: "
+  c.optimizer.learning_rate = 0.0  # the params stay as loaded
+  c.optimizer.weight_decay = 0.0
+  c.train.update(dict(steps=1, eval_every=1, eval_decode_examples=4))
+  lines = []
+  summary = _run(c, tmp_path / "run", lines)
+  _, want = tfm.from_pretrained(str(hf_dir))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, summary["params"], want)
+  with open(tmp_path / "run" / "tokenizer.json") as f:
+    assert json.load(f)["model"]["vocab"] == json.loads(tok.to_str())["model"]["vocab"]  # the checkpoint's tokenizer
+  assert "eval_bleu" in summary

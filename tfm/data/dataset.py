@@ -20,6 +20,7 @@ import numpy as np
 from tfm.data import batches, pipeline, sources
 from tfm.data.labelled import LabelledSplit, load_labelled
 from tfm.data.tokenizers import build_tokenizer, load_tokenizer, save_tokenizer
+from tfm.errors import UserError
 
 LABELS_FILE = "labels.json"
 
@@ -67,15 +68,21 @@ class RunData:
       sizes = f"{len(self.train):,} train / {len(self.eval):,} eval tokens"
     else:
       make = lambda recs: pipeline.make_pairs(tok, recs, d.input_key, d.target_key, d.seq_len, d.target_len)
+      train_records = _check_empty_pairs(d, d.train_split, train_records, keys, log)
       if held_out:
         cut = int(len(train_records) * (1 - d.validation_fraction))
         train_records, eval_records = train_records[:cut], train_records[cut:]
+      else:
+        eval_records = _check_empty_pairs(d, d.eval_split, eval_records, keys, log)
+      self.eval_pairs = [(r[d.input_key], r[d.target_key]) for r in eval_records]  # raw texts: decoding eval, BLEU
+      if d.input_prefix:  # e.g. T5's task prefix: part of every source the model sees (the decoding adds it too)
+        train_records = [{**r, d.input_key: d.input_prefix + r[d.input_key]} for r in train_records]
+        eval_records = [{**r, d.input_key: d.input_prefix + r[d.input_key]} for r in eval_records]
       if d.long_pairs == "drop":
         n = len(train_records)
         train_records, longest = drop_long_pairs(tok, train_records, d.input_key, d.target_key, d.seq_len, d.target_len)
         log(f"data.long_pairs=drop: dropped {n - len(train_records)} of {n} train pairs longer than data.seq_len="
             f"{d.seq_len} / data.target_len={d.target_len} tokens (with [EOS]; longest dropped: {longest} tokens)")
-      self.eval_pairs = [(r[d.input_key], r[d.target_key]) for r in eval_records]  # raw texts: decoding eval, BLEU
       self.train, self.eval = make(train_records), make(eval_records)
       self.buckets = PairBuckets(self.train, tok.pad_id, d.seq_len, d.target_len) if d.bucket_pairs else None
       for name, ex in (("train", self.train), ("eval", self.eval)):
@@ -122,6 +129,24 @@ class RunData:
   def sample_prompt(self, n_tokens: int = 32) -> np.ndarray:
     """Returns prompt ids: the first `n_tokens` of the eval stream (lm only)."""
     return self.eval.ids[:n_tokens]
+
+
+def _check_empty_pairs(d, split: str, records: list, keys: dict, log) -> list:
+  """Returns `records` without pairs whose source or target is empty (data.empty_pairs=skip, counted), or raises.
+
+  data.empty_pairs=error: a UserError naming the file and line of the first such pair (local files).
+  """
+  empty = lambda r: not r[d.input_key].strip() or not r[d.target_key].strip()
+  bad = sum(map(empty, records))
+  if not bad:
+    return records
+  if d.empty_pairs == "skip":
+    log(f"data.empty_pairs=skip: skipped {bad} of {len(records)} {split} pairs with an empty source or target")
+    return [r for r in records if not empty(r)]
+  where = sources.locate(d, split, keys, empty) or f"dataset {d.name!r}, split {split!r}"
+  raise UserError(f"{where}: empty source ({d.input_key!r}) or target ({d.target_key!r}) in a seq2seq pair "
+                  f"({bad} such pairs in the {split} split); fix the data, or skip them with "
+                  f"--config.data.empty_pairs=skip")
 
 
 def drop_long_pairs(tokenizer, records: Sequence[dict], input_key: str, target_key: str, seq_len: int,

@@ -23,7 +23,7 @@ import json
 import os
 import sys
 import types
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -120,6 +120,16 @@ def read_records(path: str, fmt: str, fields: Sequence[str], field_names: Sequen
                  errors: str = "strict") -> Iterator[dict]:
   """Yields {field: str} records of one local file; text files give one record {fields[0]: whole file}.
 
+  The checks are numbered_records'.
+  """
+  for _, rec in numbered_records(path, fmt, fields, field_names, errors):
+    yield rec
+
+
+def numbered_records(path: str, fmt: str, fields: Sequence[str], field_names: Sequence[str] = (),
+                     errors: str = "strict") -> Iterator[tuple[int, dict]]:
+  """Yields (line number, {field: str} record) of one local file; text files give (1, {fields[0]: whole file}).
+
   `field_names` names the config field of each of `fields` (e.g. "data.label_key"): a column that the
   file's header (CSV / TSV) or first row (JSONL) lacks is an error naming that field, the file and its
   columns; a CSV / TSV row with another number of fields than the header names its line. `errors`:
@@ -127,7 +137,7 @@ def read_records(path: str, fmt: str, fields: Sequence[str], field_names: Sequen
   """
   text = read_text(path, errors)
   if fmt == "text":  # universal newlines, as open() in text mode reads them
-    yield {fields[0]: text.replace("\r\n", "\n").replace("\r", "\n")}
+    yield 1, {fields[0]: text.replace("\r\n", "\n").replace("\r", "\n")}
     return
   names = dict(zip(fields, field_names))
   f = io.StringIO(text, newline="")
@@ -149,7 +159,7 @@ def read_records(path: str, fmt: str, fields: Sequence[str], field_names: Sequen
       missing = [k for k in fields if k not in row or row[k] is None]
       if missing:
         raise UserError(f"{path}, line {line_no}: missing field(s) {missing}; the row has {sorted(row)}")
-      yield {k: str(row[k]) for k in fields}
+      yield line_no, {k: str(row[k]) for k in fields}
     return
   rows = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_NONE if fmt == "tsv"
                         else csv.QUOTE_MINIMAL)
@@ -166,7 +176,7 @@ def read_records(path: str, fmt: str, fields: Sequence[str], field_names: Sequen
     if None in row:  # more fields than the header
       raise UserError(f"{path}, row {rows.line_num}: {width + len(row[None])} fields, but the header has {width} "
                       f"({list(rows.fieldnames)}); {sep} inside a value?")
-    yield {k: str(row[k]) for k in fields}
+    yield rows.line_num, {k: str(row[k]) for k in fields}
 
 
 def _check_columns(path: str, columns: Sequence[str], fields: Sequence[str], names: dict) -> None:
@@ -320,6 +330,21 @@ def load_split(d, split: str, keys: dict) -> list[dict]:
     for rec in source.__getitems__(list(range(start, min(n, start + 4096)))):
       out.append({f: to_str(rec[f]) for f in fields})
   return out
+
+
+def locate(d, split: str, keys: dict, predicate) -> Optional[str]:
+  """Returns "FILE, line N" of the first record of local-file `split` for which predicate(record) holds (None if none).
+
+  Local files only (TFDS shuffles records when it prepares them, so a record's index is not its line).
+  """
+  if d.name not in FORMATS:
+    return None
+  fields, names = list(keys.values()), list(keys)
+  for path in split_files(d, "train" if split == d.train_split else "validation"):
+    for line, rec in numbered_records(path, d.name, fields, names, d.get("encoding_errors", "strict")):
+      if predicate(rec):
+        return f"{path}, line {line}"
+  return None
 
 
 def to_str(v) -> str:

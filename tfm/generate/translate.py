@@ -30,6 +30,7 @@ class DecodeSettings:
   max_new_tokens: int = 128     # longest translation (tokens, [EOS] included)
   batch_size: int = 64          # sources decoded together
   seq_len: int = 128            # longest source in tokens ([EOS] included); longer ones are cut (counted)
+  input_prefix: str = ""        # put before every source (data.input_prefix, e.g. "translate English to German: ")
 
 
 def decode_settings(config) -> DecodeSettings:
@@ -37,7 +38,8 @@ def decode_settings(config) -> DecodeSettings:
   t = config.train
   return DecodeSettings(num_beams=int(t.decode_num_beams), length_penalty=float(t.decode_length_penalty),
                         max_new_tokens=int(t.decode_max_new_tokens or config.data.target_len),
-                        batch_size=int(t.decode_batch_size), seq_len=int(config.data.seq_len))
+                        batch_size=int(t.decode_batch_size), seq_len=int(config.data.seq_len),
+                        input_prefix=str(config.data.get("input_prefix", "")))
 
 
 def encode_sources(tokenizer, sources: Sequence[str], seq_len: int) -> tuple[list, int]:
@@ -57,10 +59,11 @@ def translate(model, params, tokenizer, sources: Sequence[str], settings: Decode
   multiple of LENGTH_STEP (the last batch filled up with copies), so each evaluation reuses the
   few compiled decoders of earlier ones. `strategy` None: beam search when num_beams > 1, else
   greedy; "beam" with num_beams=1 gives the greedy translations too (early stopping at the first
-  finished hypothesis). Decoding stops at the tokenizer's [EOS].
+  finished hypothesis). Decoding stops at the tokenizer's [EOS]. `settings.input_prefix` is put
+  before every source, as in training.
   """
   import tfm
-  rows, cut = encode_sources(tokenizer, sources, settings.seq_len)
+  rows, cut = encode_sources(tokenizer, [settings.input_prefix + s for s in sources], settings.seq_len)
   if cut and log is not None:
     log(f"NOTE: {cut} of {len(rows)} sources are longer than {settings.seq_len} tokens and were cut to decode them")
   strategy = strategy or ("beam" if settings.num_beams > 1 else "greedy")
@@ -101,7 +104,8 @@ def run_decode_settings(model_dir: str, config=None) -> DecodeSettings:
   t, d = train["train"], train["data"]
   return DecodeSettings(num_beams=int(t["decode_num_beams"]), length_penalty=float(t["decode_length_penalty"]),
                         max_new_tokens=int(t["decode_max_new_tokens"] or d["target_len"]),
-                        batch_size=int(t["decode_batch_size"]), seq_len=int(d["seq_len"]))
+                        batch_size=int(t["decode_batch_size"]), seq_len=int(d["seq_len"]),
+                        input_prefix=str(d.get("input_prefix", "")))
 
 
 def read_sources(path: str) -> list[str]:

@@ -120,6 +120,10 @@ def base_config() -> ml_collections.ConfigDict:
   d.target_len = 128                # seq2seq: target tokens per example
   d.long_pairs = "truncate"         # seq2seq: training pairs over seq_len / target_len tokens: truncate | drop (counted)
   d.bucket_pairs = False            # seq2seq: batches of pairs of similar length, padded to their bucket, not seq_len
+  d.empty_pairs = "error"           # seq2seq: a pair with an empty source or target: error (naming its file and line)
+                                    # | skip (counted)
+  d.input_prefix = ""               # seq2seq: text put before every source, in training, eval and tfm.generate --input
+                                    # (T5: "translate English to German: ")
   d.tokenizer = "byte"              # byte | char | bpe | wordpiece | unigram | path/to/tokenizer.json
   d.vocab_size = 2048               # bpe / wordpiece / unigram: vocabulary size to train
   d.encoding_errors = "strict"      # bytes of a local file that are not UTF-8: strict (an error naming the file and
@@ -143,7 +147,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.sample_prompt = ""              # lm: prompt of the sample ("" = the start of the eval split)
   t.sample_temperature = 0.8        # lm: sampling temperature of the sample, top-k 40 (0 = greedy)
   t.progress = True                 # show a progress bar (step, loss, tokens/s, ETA)
-  t.max_wall_s = 0.0                # stop (with a checkpoint) after this many seconds (0 = no limit)
+  t.max_wall_s = 0.0                # stop (after an eval and a checkpoint) after this many seconds (0 = no limit)
   t.restart_if_unreadable = False   # every checkpoint unreadable: start from scratch (True) or stop naming them
   t.best_metric = "loss"            # eval metric that picks the best checkpoint: loss | accuracy | perplexity
                                     # (classify also macro_f1 | mcc); loss and perplexity: lower is better
@@ -156,6 +160,8 @@ def base_config() -> ml_collections.ConfigDict:
   t.decode_length_penalty = 1.0     # beam score = sum of log-probabilities / length ** decode_length_penalty
   t.decode_max_new_tokens = 0       # longest translation in tokens (0 = data.target_len)
   t.decode_batch_size = 64          # source sentences decoded together
+  t.final_greedy_decode = False     # seq2seq with decode_num_beams > 1: also decode greedily at the last eval
+                                    # (eval_bleu_greedy / eval_chrf_greedy in summary.json)
   t.baselines = True                # classify: fit majority-class and TF-IDF + logistic-regression baselines on the
                                     # same splits first (printed, in summary.json); off for huge datasets
 
@@ -354,6 +360,8 @@ RULES = {
     "data.encoding_errors": choice(("strict", "replace")),
     "data.long_pairs": choice(("truncate", "drop")),
     "data.bucket_pairs": boolean(),
+    "data.empty_pairs": choice(("error", "skip")),
+    "data.input_prefix": text(),
     "train.steps": integer(1),
     "train.batch_size": integer(1),
     "train.micro_batches": integer(1),
@@ -380,6 +388,7 @@ RULES = {
     "train.decode_length_penalty": number(),
     "train.decode_max_new_tokens": integer(0),
     "train.decode_batch_size": integer(1),
+    "train.final_greedy_decode": boolean(),
     "optimizer.name": choice(("adamw",)),
     "optimizer.learning_rate": number(0),
     "optimizer.warmup_steps": integer(0),

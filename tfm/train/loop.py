@@ -404,7 +404,8 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
           if bar is not None:
             bar.set_postfix(loss=f"{last_train['loss']:.3f}", tok_s=f"{tps:,.0f}")
           window_t, window_tokens, loss_acc, loss_n = now, 0.0, 0.0, 0
-        is_eval = step % t.eval_every == 0 or step == t.steps
+        out_of_time = bool(t.max_wall_s) and time.time() - t_start > t.max_wall_s
+        is_eval = step % t.eval_every == 0 or step == t.steps or out_of_time  # a run cut short ends on an eval too
         if is_eval:
           ev = evaluate(runtime, state.params, data)
           if task.source == "labelled":  # the run chooses on the holdout split, and reports the eval split
@@ -417,6 +418,11 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
           if task.name == "seq2seq" and t.eval_decode_examples:  # translate the validation sources, score with sacreBLEU
             decoded = translation_eval(model, state.params, data, config, workdir, step, log=log)
             ev.update(decoded["scores"])
+            if t.final_greedy_decode and t.decode_num_beams > 1 and (step == t.steps or out_of_time):
+              greedy = translation_eval(model, state.params, data, config, None, step, log=log, greedy=True)
+              ev.update({f"{k}_greedy": v for k, v in greedy["scores"].items()})
+              decoded["summary"].update(greedy["summary"])
+              decoded["report"] += greedy["report"]
           last_eval = writer.write(step, "eval", ev)
           msg = f"step {step}: eval loss {ev['loss']:.4f} (perplexity {ev['perplexity']:.2f}, accuracy {ev['accuracy']:.3f})"
           if task.source == "labelled":
@@ -428,7 +434,6 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
             msg += decoded["report"]
           (bar.write if bar is not None else log)(msg)
           window_t = time.time()  # eval time is not training throughput
-        out_of_time = t.max_wall_s and time.time() - t_start > t.max_wall_s
         if step % t.checkpoint_every == 0 or step == t.steps or sig.stop or out_of_time or is_eval:
           value = last_eval[select_key] if is_eval else None
           improved = is_eval and (value > best_eval if higher_better else value < best_eval)

@@ -34,17 +34,21 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
                            "hyp_len": int(b.sys_len), "ref_len": int(b.ref_len)}}
 
 
-def translation_eval(model, params, data, config, workdir: Optional[str] = None, step: int = 0, log=None) -> dict:
+def translation_eval(model, params, data, config, workdir: Optional[str] = None, step: int = 0, log=None,
+                     greedy: bool = False) -> dict:
   """Returns {"scores": {"bleu", "chrf"}, "summary": fields for summary.json, "report": text to print}.
 
   Translates the first train.eval_decode_examples validation pairs of `data` (-1: all) with the
-  config's decoding settings and scores them against the references with sacreBLEU; writes every
-  (source, reference, translation) to WORKDIR/eval_translations.json when `workdir` is given.
+  config's decoding settings (`greedy`: with one beam, summary fields named eval_*_greedy) and
+  scores them against the references with sacreBLEU; writes every (source, reference,
+  translation) to WORKDIR/eval_translations.json when `workdir` is given.
   """
   from tfm.train.writers import write_json
   n = config.train.eval_decode_examples
   pairs = data.eval_pairs if n < 0 else data.eval_pairs[:n]
   settings = decode_settings(config)
+  if greedy:
+    settings = dataclasses.replace(settings, num_beams=1)
   t0 = time.time()
   hyps = translate(model, params, data.tokenizer, [s for s, _ in pairs], settings, log=log)
   seconds = time.time() - t0
@@ -59,6 +63,11 @@ def translation_eval(model, params, data, config, workdir: Optional[str] = None,
     write_json(os.path.join(workdir, "eval_translations.json"),
                {"step": step, **{k: v for k, v in scores.items()}, "decoding": dataclasses.asdict(settings),
                 "translations": [{"source": s, "reference": r, "translation": h} for (s, r), h in zip(pairs, hyps)]})
+  if greedy:
+    summary = {"eval_bleu_greedy": scores["bleu"], "eval_chrf_greedy": scores["chrf"],
+               "eval_decode_seconds_greedy": seconds}
+    return {"scores": {"bleu": scores["bleu"], "chrf": scores["chrf"]}, "summary": summary,
+            "report": "\n" + lines[0], "translations": hyps}
   summary = {"eval_bleu": scores["bleu"], "eval_chrf": scores["chrf"], "bleu_signature": scores["bleu_signature"],
              "chrf_signature": scores["chrf_signature"], "eval_decoding": how, "eval_decode_examples": len(pairs),
              "eval_decode_seconds": seconds}
