@@ -14,5 +14,5 @@ from tfm.train.defaults import base_config, lock
 def get_config():
   """Returns the default config (see tfm/train/defaults.py for every field)."""
   c = base_config()
-  c.train.max_wall_s = 240.0  # on a slow or busy machine, stop (with a resumable checkpoint) before 5 minutes
+  c.train.max_wall_s = 240.0  # on a slow or busy machine, stop (after an eval, with a resumable checkpoint) before 5 minutes
   return lock(c)
