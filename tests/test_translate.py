@@ -257,6 +257,11 @@ def test_cli_translates_a_file_as_the_api_does(tiny_run, tmp_path):
   want = translate(tfm.build(src.config), src.params, src.tokenizer, real, settings)
   assert len(got) == len(sources) and got[1] == ""
   assert [g for g, s in zip(got, sources) if s] == want
+  prefix = "translate: "  # --input-prefix (an imported T5 needs its task prefix) = the prefix in the settings
+  assert main(["--workdir", str(run), "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "out2.txt"),
+               "--input-prefix", prefix]) == 0
+  want2 = translate(tfm.build(src.config), src.params, src.tokenizer, [prefix + s for s in real], settings)
+  assert [g for g, s in zip((tmp_path / "out2.txt").read_text(encoding="utf-8").split("\n"), sources) if s] == want2
   (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\xfe\n")
   assert main(["--workdir", str(run), "--input", str(tmp_path / "bad.txt")]) == 2  # not UTF-8: one-line error
 

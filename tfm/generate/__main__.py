@@ -102,6 +102,8 @@ def _main(argv: Optional[list] = None) -> int:
   ap.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
   ap.add_argument("--input", help="translate a file: one source per line (the run's eval decoding settings)")
   ap.add_argument("--output", help="with --input: where the translations go, one per line (default: stdout)")
+  ap.add_argument("--input-prefix", help="with --input: text put before every source (default: the run's "
+                  "data.input_prefix), e.g. 'translate English to German: ' for a T5 checkpoint")
   ap.add_argument("--checkpoint", default="best", choices=("best", "latest"), help="which checkpoint of a run")
   ap.add_argument("--max-new-tokens", type=int, default=100)
   ap.add_argument("--temperature", type=float, default=None, help="sample with this temperature")
@@ -127,7 +129,8 @@ def _main(argv: Optional[list] = None) -> int:
   if args.input:  # a file, batched, with the decoding settings of the run's eval (flags given here win)
     from tfm.generate.translate import translate_file
     given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
-    flags = {"--num-beams": "num_beams", "--length-penalty": "length_penalty", "--max-new-tokens": "max_new_tokens"}
+    flags = {"--num-beams": "num_beams", "--length-penalty": "length_penalty", "--max-new-tokens": "max_new_tokens",
+             "--input-prefix": "input_prefix"}
     return translate_file(model, params, tokenizer, args.model, args.input, args.output,
                           {field: getattr(args, field) for flag, field in flags.items() if flag in given})
   if not args.prompt:

@@ -128,7 +128,7 @@ def translate_file(model, params, tokenizer, model_dir: str, input_path: str, ou
   """Translates every line of `input_path` into a line of `output_path` (stdout when None); returns exit code 0.
 
   The decoding settings are those of the run's eval (`run_decode_settings`), with `overrides`
-  (num_beams, length_penalty, max_new_tokens) replacing them. Empty lines stay empty.
+  (num_beams, length_penalty, max_new_tokens, input_prefix) replacing them. Empty lines stay empty.
   """
   import sys
   settings = dataclasses.replace(run_decode_settings(model_dir), **(overrides or {}))
