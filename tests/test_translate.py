@@ -362,7 +362,7 @@ def test_input_prefix_is_put_before_every_source_in_training_eval_and_decoding(t
 
 def test_fine_tuning_a_hugging_face_t5_on_pairs_loads_every_weight_and_its_tokenizer(tmp_path):
   transformers = pytest.importorskip("transformers")
-  pytest.importorskip("torch")
+  torch = pytest.importorskip("torch")
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
   if not EN_DE.exists():
     pytest.skip(f"{EN_DE} is not here")
@@ -377,7 +377,6 @@ def test_fine_tuning_a_hugging_face_t5_on_pairs_loads_every_weight_and_its_token
   cfg = transformers.T5Config(vocab_size=tok.get_vocab_size(), d_model=32, d_kv=16, d_ff=64, num_layers=1,
                               num_decoder_layers=1, num_heads=2, pad_token_id=0, eos_token_id=1,
                               decoder_start_token_id=0)
-  torch = pytest.importorskip("torch")
   torch.manual_seed(0)
   transformers.T5ForConditionalGeneration(cfg).save_pretrained(str(hf_dir))
   tok.save(str(hf_dir / "tokenizer.json"))

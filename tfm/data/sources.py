@@ -120,7 +120,7 @@ def read_records(path: str, fmt: str, fields: Sequence[str], field_names: Sequen
                  errors: str = "strict") -> Iterator[dict]:
   """Yields {field: str} records of one local file; text files give one record {fields[0]: whole file}.
 
-  The checks are numbered_records'.
+  The checks (columns, field counts, UTF-8) are numbered_records'.
   """
   for _, rec in numbered_records(path, fmt, fields, field_names, errors):
     yield rec
