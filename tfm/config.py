@@ -20,7 +20,7 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 MLPS = ("relu", "gelu", "gelu_tanh", "silu", "geglu", "geglu_tanh", "swiglu", "reglu")
 GATED_MLPS = ("geglu", "geglu_tanh", "swiglu", "reglu")
-POOLINGS = ("first", "last", "mean")
+POOLINGS = ("first", "last", "mean", "max")
 CLASSIFIER_SOURCES = ("encoder", "decoder")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots")
@@ -74,7 +74,7 @@ class ModelConfig:
   # classification
   num_labels: Optional[int] = None     # set: the model returns [batch, num_labels] logits
   pooler: bool = False                 # BERT pooler (dense + tanh on [CLS]); kept in the params
-  classifier_pooling: Optional[str] = None  # first | last | mean (None: family default)
+  classifier_pooling: Optional[str] = None  # first | last | mean | max (None: family default); the BERT pooler reads its output
   classifier_source: str = "encoder"   # encoder_decoder: pool the encoder or the decoder output
   classifier_hidden: bool = False      # dense + tanh before the label projection (RoBERTa, BART)
   classifier_bias: bool = True

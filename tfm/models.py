@@ -127,11 +127,13 @@ class EncoderModel(nn.Module):
     h = self.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                      position_ids=position_ids, segment_ids=segment_ids, deterministic=deterministic)
     if c.num_labels:
-      pooled = self.pooler(h) if c.pooler else pool(h, attention_mask, c.pooling)
+      pooled = pool(h, attention_mask, c.pooling)  # [batch, embed]
+      if c.pooler:
+        pooled = self.pooler(pooled)
       return self.classifier(pooled, deterministic=deterministic)
     if c.lm_head:
       return self.lm_head(h)
-    return h, (self.pooler(h) if c.pooler else None)
+    return h, (self.pooler(pool(h, attention_mask, c.pooling)) if c.pooler else None)
 
 
 class DecoderModel(nn.Module):

@@ -174,16 +174,16 @@ class LMHead(nn.Module):
 
 
 class Pooler(nn.Module):
-  """BERT's pooler: dense + tanh on the first ([CLS]) token."""
+  """BERT's pooler: dense + tanh on the pooled token (the first, [CLS], unless classifier_pooling says)."""
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, hidden):
-    """Returns the pooled output [batch, embed]."""
+  def __call__(self, pooled):
+    """Returns the pooler output [batch, embed] of pooled [batch, embed]."""
     c = self.config
     return jnp.tanh(Dense((c.d_model,), ("embed", "embed"), init_std=c.kernel_std, dtype=c.dtype,
-                          param_dtype=c.param_dtype, name="dense")(hidden[:, 0]))
+                          param_dtype=c.param_dtype, name="dense")(pooled))
 
 
 class ClassifierHead(nn.Module):
@@ -204,7 +204,11 @@ class ClassifierHead(nn.Module):
 
 
 def pool(hidden: jax.Array, mask, mode: str) -> jax.Array:
-  """Returns [batch, embed]: the first token, the last real token, or the masked mean of hidden."""
+  """Returns [batch, embed]: the first token, the last real token, or the masked mean or max of hidden.
+
+  "max" is max-over-time pooling (each feature's largest value over the real tokens), the pooling
+  of the convolutional sentence classifiers: it keeps whether a feature fired anywhere.
+  """
   # hidden: [batch, length, embed]; mask: [batch, length] 1/0 or None (all real)
   if mode == "first":
     return hidden[:, 0]
@@ -216,5 +220,8 @@ def pool(hidden: jax.Array, mask, mode: str) -> jax.Array:
     # Last index whose mask is 1 (works for right and left padding alike).
     last = length - 1 - jnp.argmax(mask[:, ::-1], axis=1)
     return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+  if mode == "max":
+    real = mask[..., None] > 0  # [batch, length, 1]
+    return jnp.max(jnp.where(real, hidden, jnp.finfo(hidden.dtype).min), axis=1)
   m = mask[..., None].astype(hidden.dtype)
   return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1)
