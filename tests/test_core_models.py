@@ -458,3 +458,69 @@ def test_dense_matches_tensordot_in_value_gradient_and_jvp(contract, features):
   _, t_ours = jax.jvp(ours, (params, x), tangent)
   _, t_ref = jax.jvp(ref, (params, x), tangent)
   np.testing.assert_allclose(t_ours, t_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "silu"])
+def test_input_saving_activation_equals_plain_maths_and_keeps_less_for_the_backward(name):
+  """The MLP activations (recomputed in the backward pass from their input) equal jax.nn's in value,
+  gradient and forward mode, and the compiled gradient of a [4096, 256] activation holds at least one
+  [4096, 256] float32 array less of XLA temporaries than plain autodiff of the same maths."""
+  from tfm.layers.primitives import ACTIVATIONS
+  plain = {"gelu": lambda x: jax.nn.gelu(x, approximate=False), "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+           "silu": jax.nn.silu}[name]
+  ours = ACTIVATIONS[name]
+  x = jax.random.normal(RNG, (4096, 256)) * 3
+  w = jax.random.normal(jax.random.PRNGKey(3), (256, 256)) * 0.1
+  np.testing.assert_allclose(ours(x), plain(x), rtol=1e-5, atol=1e-6)
+  # A matmul after the activation, as in the MLP: its input (the activation's output) is kept too.
+  loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x) @ w))
+  g_ours, g_plain = jax.jit(jax.grad(loss(ours)))(x), jax.jit(jax.grad(loss(plain)))(x)
+  np.testing.assert_allclose(g_ours, g_plain, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(jax.jvp(ours, (x,), (jnp.ones_like(x),))[1], jax.jvp(plain, (x,), (jnp.ones_like(x),))[1],
+                             rtol=1e-5, atol=1e-5)
+  temp = lambda f: jax.jit(jax.grad(loss(f))).lower(x).compile().memory_analysis().temp_size_in_bytes
+  assert temp(ours) <= temp(plain) - x.size * 4, (temp(ours), temp(plain))
+
+
+def test_norm_keeps_only_its_input_for_the_backward():
+  """LayerNorm's compiled gradient (input recomputed from, not x - mean and the normalised x kept)
+  holds at least one [4096, 256] float32 array less of temporaries than plain autodiff of its maths."""
+  from tfm.layers.primitives import _normalize
+  c = tfm.get_config("gpt2-tiny", d_model=256)
+  x = jax.random.normal(RNG, (4096, 256)) * 2 + 0.5
+  p = nn.meta.unbox(Norm(c).init(RNG, x)["params"])
+  w = jax.random.normal(jax.random.PRNGKey(3), (256, 256)) * 0.1
+  plain = lambda p, x: _normalize(x, p["scale"], p["bias"], kind="layernorm", eps=c.norm_eps, dtype=jnp.float32)
+  ours = lambda p, x: Norm(c).apply({"params": p}, x)
+  loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x) @ w))
+  grads = [jax.jit(jax.grad(loss(f), argnums=(0, 1)))(p, x) for f in (ours, plain)]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads)
+  temp = lambda f: jax.jit(jax.grad(loss(f), argnums=(0, 1))).lower(p, x).compile().memory_analysis().temp_size_in_bytes
+  assert temp(ours) <= temp(plain) - x.size * 4, (temp(ours), temp(plain))
+
+
+@pytest.mark.parametrize("mode", ["first", "last", "mean", "max"])
+def test_pool_modes_equal_numpy_over_real_tokens(mode):
+  """pool() gives the first token, the last real one, or the mean / max over the real tokens only."""
+  h = np.asarray(jax.random.normal(RNG, (3, 5, 4)))
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+  got = np.asarray(E.pool(jnp.asarray(h), jnp.asarray(mask), mode))
+  for b in range(3):
+    real = h[b, mask[b] == 1]
+    want = {"first": h[b, 0], "last": real[-1], "mean": real.mean(0), "max": real.max(0)}[mode]
+    np.testing.assert_allclose(got[b], want, rtol=1e-6, atol=1e-6)
+
+
+def test_bert_pooler_reads_the_configured_pooling():
+  """With BERT's pooler, classifier_pooling still chooses what it reads: mean pooling changes the logits
+  (it was once ignored silently), first pooling equals the default."""
+  c = tfm.get_config("bert-tiny", num_labels=3)
+  ids = jnp.array([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]])
+  mask = (ids > 0).astype(jnp.int32)
+  model = tfm.build(c)
+  params = model.init(RNG, ids, attention_mask=mask)
+  out = {p: tfm.build(tfm.get_config("bert-tiny", num_labels=3, classifier_pooling=p)).apply(params, ids, attention_mask=mask)
+         for p in ("first", "mean", "max")}
+  np.testing.assert_allclose(out["first"], model.apply(params, ids, attention_mask=mask), rtol=1e-6)
+  assert not np.allclose(out["mean"], out["first"], atol=1e-4)
+  assert not np.allclose(out["max"], out["mean"], atol=1e-4)

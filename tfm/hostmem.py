@@ -1,4 +1,5 @@
-"""Transparent huge pages for the host heap: glibc's `malloc.hugetlb` tunable, an explicit opt-in.
+"""The host heap: transparent huge pages (glibc's `malloc.hugetlb` tunable, an explicit opt-in), and
+handing the memory freed after compilation back to the kernel (`release_free_heap`).
 
 XLA:CPU allocates each step's temporaries afresh (250 MB for the BERT-4l-256 classifier), and glibc serves
 blocks that large with fresh `mmap`s, so every step the kernel faults them in 4 KiB at a time (60,753 faults per
@@ -155,3 +156,20 @@ def huge_pages_paused(pause: bool = True):
   finally:
     if paused:
       libc.prctl(PR_SET_THP_DISABLE, 0, 0, 0, 0)
+
+
+def release_free_heap() -> bool:
+  """Returns whether glibc's malloc_trim handed the free heap back to the kernel (False: no glibc).
+
+  Compiling a step allocates and frees a few hundred MB on the host (XLA's passes, LLVM); glibc keeps
+  the freed pages in its arenas, so the process's resident size stays at its compile-time height
+  while training (about 160 MB for the 6-layer 384-wide GPT). Called once after the first step, it
+  lowers the peak resident size of the run by that much on every backend (the host heap is the
+  host's). Cheap: one call, no effect on results.
+  """
+  if not sys.platform.startswith("linux") or glibc_version() is None:
+    return False
+  try:
+    return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+  except (OSError, AttributeError):
+    return False

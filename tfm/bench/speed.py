@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import jax
 
+from tfm import hostmem
 from tfm.bench import device as dev
 from tfm.bench.specs import ModelSpec, parse_spec, split_specs
 from tfm.bench.step import make_steps, random_batch
@@ -106,7 +107,8 @@ class TfmRunner:
         self.fwd = steps.forward.lower(steps.state.params, steps.batch).compile()
         self.forward_compile_s = time.perf_counter() - t0
       self.state = steps.state  # the compiled step donates it: only this reference stays live
-      del steps
+      del steps, lowered
+      hostmem.release_free_heap()  # as train.py does after its first step: the compiler's freed heap
 
   def _step(self):
     self.state, value = self.train(self.state, self.batch, self.rng)

@@ -13,6 +13,7 @@ a mesh, where the program sees the whole global batch).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from typing import Iterator, Optional, Sequence
@@ -72,18 +73,26 @@ class Norm(nn.Module):
     pdt = to_dtype(c.param_dtype)
     d = x.shape[-1]
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (d,), pdt)
-    xf = x.astype(jnp.float32).reshape(-1, d)  # [tokens, embed]
-    if c.norm == "layernorm":
-      mean = jnp.mean(xf, axis=-1, keepdims=True)
-      xf = xf - mean
-    var = jnp.mean(jnp.square(xf), axis=-1, keepdims=True)
     use_bias = c.norm == "layernorm" if c.norm_bias is None else c.norm_bias
     bias = None
     if use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,), pdt)
-      bias = bias.astype(jnp.float32)
-    y = ops.scale_and_shift(xf * jax.lax.rsqrt(var + c.norm_eps), scale.astype(jnp.float32), bias)
-    return y.reshape(x.shape).astype(to_dtype(c.dtype))
+    # The backward pass keeps x alone and recomputes the statistics: autodiff of the plain maths would
+    # keep x - mean and the normalised x as well, two more [tokens, embed] arrays per norm.
+    return input_saving(functools.partial(_normalize, kind=c.norm, eps=c.norm_eps,
+                                          dtype=to_dtype(c.dtype)))(x, scale, bias)
+
+
+def _normalize(x, scale, bias, *, kind: str, eps: float, dtype):
+  """Returns LayerNorm (kind "layernorm") or RMSNorm of x [..., embed] in float32, cast to dtype."""
+  d = x.shape[-1]
+  xf = x.astype(jnp.float32).reshape(-1, d)  # [tokens, embed]
+  if kind == "layernorm":
+    xf = xf - jnp.mean(xf, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(xf), axis=-1, keepdims=True)
+  bias = None if bias is None else bias.astype(jnp.float32)
+  y = ops.scale_and_shift(xf * jax.lax.rsqrt(var + eps), scale.astype(jnp.float32), bias)
+  return y.reshape(x.shape).astype(dtype)
 
 
 _ROWS = threading.local()  # .rows: int32 [batch] global rows of the batch being traced, or None
@@ -140,11 +149,25 @@ def gelu_exact(x):
   return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
+def input_saving(fn):
+  """Returns `fn` whose backward pass keeps only its inputs and recomputes everything in between.
+
+  For cheap elementwise or per-row maths only (activations, norms). Autodiff of GELU or SiLU keeps
+  an intermediate of the size of its input (tanh(...), erf(...), sigmoid(x)): one more
+  [batch, length, d_ff] array per layer than PyTorch's GELU, which saves its input alone.
+  """
+
+  # jax.checkpoint saving nothing inside: the backward pass recomputes fn from its inputs, behind an
+  # optimization barrier (prevent_cse) that keeps XLA from merging the recomputation with the
+  # forward's and so keeping the forward's intermediates alive after all. Forward mode still works.
+  return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=True)
+
+
 ACTIVATIONS = {
     "relu": jax.nn.relu,
-    "gelu": gelu_exact,
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "silu": jax.nn.silu,
+    "gelu": input_saving(gelu_exact),
+    "gelu_tanh": input_saving(lambda x: jax.nn.gelu(x, approximate=True)),
+    "silu": input_saving(jax.nn.silu),
     "tanh": jnp.tanh,
 }
 # Gated MLP name -> activation of its gate branch.

@@ -388,6 +388,8 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
               "no checkpoint was written"
           raise NonFiniteLossError(f"loss is {loss} at step {step + 1}; stopping ({where}; lower "
                                    f"optimizer.learning_rate or set optimizer.grad_clip_norm)")
+        if step == start:  # the step is compiled: hand the compiler's freed heap back (tfm.hostmem)
+          hostmem.release_free_heap()
         step += 1
         ntok = float(metrics["tokens"])
         tokens_seen += int(ntok)
