@@ -23,6 +23,8 @@ def get_config():
   c.model_overrides.dropout_rate = 0.1
   c.model_overrides.attention_dropout_rate = 0.0
   c.model_overrides.max_len = 128
+  c.model_overrides.classifier_pooling = "max"  # max over the tokens, read by BERT's pooler (docs/classification.md:
+                                                # +2.8 / +5.4 points on two small sets, -0.4 on SST-2; first = [CLS])
 
   d = c.data
   d.name = "glue/sst2"               # TFDS name (glue/*, imdb_reviews, ag_news_subset) or csv | tsv | jsonl files
