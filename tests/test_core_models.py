@@ -519,8 +519,8 @@ def test_bert_pooler_reads_the_configured_pooling():
   mask = (ids > 0).astype(jnp.int32)
   model = tfm.build(c)
   params = model.init(RNG, ids, attention_mask=mask)
-  out = {p: tfm.build(tfm.get_config("bert-tiny", num_labels=3, classifier_pooling=p)).apply(params, ids, attention_mask=mask)
-         for p in ("first", "mean", "max")}
+  build = lambda p: tfm.build(tfm.get_config("bert-tiny", num_labels=3, classifier_pooling=p))
+  out = {p: build(p).apply(params, ids, attention_mask=mask) for p in ("first", "mean", "max")}
   np.testing.assert_allclose(out["first"], model.apply(params, ids, attention_mask=mask), rtol=1e-6)
   assert not np.allclose(out["mean"], out["first"], atol=1e-4)
   assert not np.allclose(out["max"], out["mean"], atol=1e-4)

@@ -73,8 +73,8 @@ class ModelConfig:
   decoder_start_token_id: int = 0      # first decoder input of encoder_decoder models
   # classification
   num_labels: Optional[int] = None     # set: the model returns [batch, num_labels] logits
-  pooler: bool = False                 # BERT pooler (dense + tanh on the pooled token, [CLS] by default); kept in the params
-  classifier_pooling: Optional[str] = None  # first | last | mean | max (None: family default); the BERT pooler reads its output
+  pooler: bool = False                 # BERT pooler: dense + tanh on the pooled token ([CLS] by default)
+  classifier_pooling: Optional[str] = None  # first | last | mean | max (None: family default); read by the pooler
   classifier_source: str = "encoder"   # encoder_decoder: pool the encoder or the decoder output
   classifier_hidden: bool = False      # dense + tanh before the label projection (RoBERTa, BART)
   classifier_bias: bool = True
