@@ -366,3 +366,43 @@ def test_bfloat16_compute_keeps_float32_params():
     losses.append(float(m["loss"]))
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))
   assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.5
+
+
+# Model average (optimizer.ema_decay) ------------------------------------------------------------
+
+def test_ema_follows_the_warmed_up_decay_step_by_step():
+  state, batch, _ = _lm_setup()
+  tx = make_optimizer(base_config().optimizer, 1000)
+  state = create_train_state(state.params, tx, state.rng, ema_decay=0.9)
+  model = tfm.build(tfm.get_config("gpt2-tiny", num_layers=1, d_model=64, d_ff=128))
+  jstep = jax.jit(lambda s, b: train_step(s, b, jax.random.PRNGKey(2), model=model, tx=tx, task=objectives.TASKS["lm"]))
+  expect = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(state.params)]
+  for t in range(30):  # the decay is (1 + t) / (10 + t) until that passes 0.9 (t > 80): numpy's own average
+    state, _ = jstep(state, batch)
+    d = min(0.9, (1 + t) / (10 + t))
+    params = jax.tree_util.tree_leaves(state.params)
+    expect = [d * e + (1 - d) * np.asarray(p, np.float64) for e, p in zip(expect, params)]
+  got = jax.tree_util.tree_leaves(state.ema_params)
+  assert max(float(np.max(np.abs(np.asarray(g) - e))) for g, e in zip(got, expect)) < 1e-6
+  assert max(float(np.max(np.abs(np.asarray(g) - np.asarray(p)))) for g, p in
+             zip(got, jax.tree_util.tree_leaves(state.params))) > 1e-4  # the average is not the params
+
+
+def test_a_run_with_ema_evaluates_and_exports_the_average(tmp_path):
+  from tfm.checkpoint import run_params
+  c = tiny_config(tmp_path, steps=6, eval_every=6, sample_tokens=0)
+  c.unlock()
+  c.optimizer.ema_decay = 0.99
+  c.lock()
+  wd = str(tmp_path / "run")
+  summary = train_and_evaluate(c, wd)
+  raw, step = _final_params(tmp_path / "run")  # the checkpoint's raw (trained) params
+  exported, _ = run_params(wd)
+  assert step == 6
+  leaves = lambda t: [np.asarray(x) for x in jax.tree_util.tree_leaves(t)]
+  assert all(np.array_equal(a, b) for a, b in zip(leaves(exported), leaves(summary["params"])))
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(leaves(exported), leaves(raw))) > 1e-4
+  assert summary["eval_loss"] < math.log(259)
+  c2 = tiny_config(tmp_path, steps=8, eval_every=8)  # resuming without the average is refused, naming the field
+  with pytest.raises(ValueError, match="optimizer.ema_decay"):
+    train_and_evaluate(c2, wd)

@@ -448,7 +448,7 @@ def run_model_config(workdir: str) -> ModelConfig:
 
 
 def run_params(workdir: str, which: str = "latest") -> tuple[Any, int]:
-  """Returns (params, step) of a training run: its newest checkpoint, or with which="best" its best one."""
+  """Returns (params, step) of a training run (its EMA params if it kept one): its newest checkpoint, or its best."""
   if which not in ("latest", "best"):
     raise ValueError(f"checkpoint must be 'latest' or 'best'; got {which!r}")
   directory = os.path.join(workdir, RUN_BEST if which == "best" else RUN_CHECKPOINTS)
@@ -464,7 +464,8 @@ def run_params(workdir: str, which: str = "latest") -> tuple[Any, int]:
     state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   finally:
     mgr.close()
-  return state["params"], step
+  params = state.get("ema_params")  # a run with optimizer.ema_decay > 0 evaluated (and exports) the average
+  return (state["params"] if params is None else params), step
 
 
 # ------------------------------------------------------------------------------------------------

@@ -176,6 +176,7 @@ def base_config() -> ml_collections.ConfigDict:
   o.eps = 1e-8                      # Adam epsilon
   o.weight_decay = 0.1              # decoupled weight decay (matrices only; no decay on norms, biases)
   o.grad_clip_norm = 1.0            # clip gradients to this global norm (0 = off)
+  o.ema_decay = 0.0                 # > 0: evaluate and export an exponential moving average of the params (0 = off)
 
   c.mesh = m = ml_collections.ConfigDict()
   m.data = -1                       # data-parallel devices (-1: all devices left over)
@@ -399,6 +400,7 @@ RULES = {
     "optimizer.eps": number(0, lo_open=True),
     "optimizer.weight_decay": number(0),
     "optimizer.grad_clip_norm": number(0),
+    "optimizer.ema_decay": number(0, 1, hi_open=True),
     "mesh.data": integer(1, also=(-1,)),
     "mesh.fsdp": integer(1, also=(-1,)),
     "mesh.tensor": integer(1, also=(-1,)),

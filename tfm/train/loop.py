@@ -35,7 +35,7 @@ from tfm.train.classify_metrics import classification_eval, make_predict
 from tfm.train.objectives import LOWER_IS_BETTER, Task, get_task
 from tfm.train.optim import learning_rate_schedule, make_optimizer
 from tfm.train.sample import sample_continuation
-from tfm.train.state import TrainState, create_train_state
+from tfm.train.state import TrainState, create_train_state, eval_params
 from tfm.train.step import EXAMPLE_ROWS, eval_step, train_step
 from tfm.train.translate_metrics import translation_eval
 from tfm.train.writers import MetricsWriter, plot_losses, write_json
@@ -126,6 +126,11 @@ def check_workdir(config, workdir: str, mc: Optional[tfm.ModelConfig] = None) ->
   if differ:
     raise UserError(f"--workdir {workdir} holds a run of another model ({'; '.join(differ[:4])}): to resume it, run "
                     f"the command that started it again; to train this model, choose another --workdir")
+  old_ema = float(old_config.get("optimizer", {}).get("ema_decay", 0.0))
+  if bool(old_ema) != bool(config.optimizer.ema_decay):  # the checkpoints hold the average, or do not
+    raise UserError(f"--workdir {workdir} holds a run with optimizer.ema_decay={old_ema}, this config has "
+                    f"{config.optimizer.ema_decay}: a run keeps or lacks its average from the start; resume with "
+                    f"{'a decay > 0' if old_ema else '0'}, or choose another --workdir")
 
 
 def init_params(model, batch: dict, rng):
@@ -166,7 +171,8 @@ def make_runtime(config, model, tx, task: Task, example_batch: dict) -> Runtime:
   """Returns the Runtime: the initial state and the compiled train / eval steps."""
   key = jax.random.PRNGKey(config.train.seed)
   init_rng, state_rng = jax.random.split(key)
-  init_fn = lambda: create_train_state(init_params(model, example_batch, init_rng), tx, state_rng)
+  init_fn = lambda: create_train_state(init_params(model, example_batch, init_rng), tx, state_rng,
+                                       ema_decay=config.optimizer.ema_decay)
   step = functools.partial(_step_fn, model, tx, task, config.train.micro_batches)  # axis_name -> step
   evaluate = functools.partial(eval_step, model=model, task=task)
   m = config.mesh
@@ -353,8 +359,9 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
   else:
     state = runtime.state
     if pretrained is not None:
-      state = state.replace(params=start_params(state.params, pretrained.params, config.init_from, log))
-      state = state.replace(opt_state=tx.init(state.params))
+      params = start_params(state.params, pretrained.params, config.init_from, log)
+      ema = None if state.ema_params is None else jax.tree_util.tree_map(jnp.copy, params)  # the EMA starts there too
+      state = state.replace(params=params, opt_state=tx.init(params), ema_params=ema)
   del runtime.state, pretrained  # the state holds the params now
   start = int(state.step)
   writer = MetricsWriter(workdir, resume_step=start, start_time=t_start)
@@ -370,7 +377,7 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
   select_key = f"holdout_{best_metric}" if task.source == "labelled" else best_metric  # what picks the best
   last_ckpt = ckpts.latest_step()
   if start == 0 and t.eval_at_start:  # the reference point of the learning curve: the untrained model
-    ev = evaluate(runtime, state.params, data)
+    ev = evaluate(runtime, eval_params(state), data)
     writer.write(0, "eval", ev)
     log(f"step 0: eval loss {ev['loss']:.4f} (perplexity {ev['perplexity']:.2f}, accuracy {ev['accuracy']:.3f})")
   bar = _progress(config, start, t.steps)
@@ -409,19 +416,20 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
         out_of_time = bool(t.max_wall_s) and time.time() - t_start > t.max_wall_s
         is_eval = step % t.eval_every == 0 or step == t.steps or out_of_time  # a run cut short ends on an eval too
         if is_eval:
-          ev = evaluate(runtime, state.params, data)
+          params = eval_params(state)  # the moving average when optimizer.ema_decay > 0
+          ev = evaluate(runtime, params, data)
           if task.source == "labelled":  # the run chooses on the holdout split, and reports the eval split
             predict = predict or make_predict(model)
-            details = classification_eval(model, state.params, data, predict=predict)
+            details = classification_eval(model, params, data, predict=predict)
             ev.update({k: v for k, v in details.items() if isinstance(v, float) and k != "loss"})
-            held = classification_eval(model, state.params, data, split="holdout", predict=predict)
+            held = classification_eval(model, params, data, split="holdout", predict=predict)
             ev.update({f"holdout_{k}": v for k, v in held.items() if isinstance(v, float)})
             write_json(os.path.join(workdir, "eval_classification.json"), {"step": step, **details})
           if task.name == "seq2seq" and t.eval_decode_examples:  # translate the validation sources, score with sacreBLEU
-            decoded = translation_eval(model, state.params, data, config, workdir, step, log=log)
+            decoded = translation_eval(model, params, data, config, workdir, step, log=log)
             ev.update(decoded["scores"])
             if t.final_greedy_decode and t.decode_num_beams > 1 and (step == t.steps or out_of_time):
-              greedy = translation_eval(model, state.params, data, config, None, step, log=log, greedy=True)
+              greedy = translation_eval(model, params, data, config, None, step, log=log, greedy=True)
               ev.update({f"{k}_greedy": v for k, v in greedy["scores"].items()})
               decoded["summary"].update(greedy["summary"])
               decoded["report"] += greedy["report"]
@@ -431,7 +439,7 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
             msg += (f", macro-F1 {ev['macro_f1']:.3f}, MCC {ev['mcc']:.3f}; holdout {best_metric} "
                     f"{ev['holdout_' + best_metric]:.4f}")
           if task.generates and t.sample_tokens:
-            msg += "\n" + _sample_or_warning(model, state.params, data, t)
+            msg += "\n" + _sample_or_warning(model, params, data, t)
           if decoded is not None and "bleu" in ev:
             msg += decoded["report"]
           (bar.write if bar is not None else log)(msg)
@@ -465,7 +473,7 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
   if last_eval is None or (last_eval.get("step") != int(state.step) and stopped != "sigterm"):
     # Resumed at the end, or stopped between evals: evaluate the final params so the summary is current
     # (not after SIGTERM, whose grace period is short).
-    last_eval = dict(evaluate(runtime, state.params, data), step=int(state.step))
+    last_eval = dict(evaluate(runtime, eval_params(state), data), step=int(state.step))
   train_loss = last_train["loss"] if last_train else _last_logged(workdir, "train")
   summary = {"train_loss": train_loss, "eval_loss": last_eval["loss"], "eval_perplexity": last_eval["perplexity"],
              "eval_accuracy": last_eval["accuracy"], "steps": int(state.step), "wall_time_s": time.time() - t_start,
@@ -496,8 +504,8 @@ def train_and_evaluate(config, workdir: str, log: Callable[[str], None] = print)
   if _versus_baseline(summary):
     log(_versus_baseline(summary))
   if task.generates and t.sample_tokens:
-    log(_sample_or_warning(model, state.params, data, t))
-  summary["params"] = state.params  # for callers (tests); not written to summary.json
+    log(_sample_or_warning(model, eval_params(state), data, t))
+  summary["params"] = eval_params(state)  # for callers (tests); not written to summary.json
   return summary
 
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from tfm.layers.primitives import example_rows
+from tfm.train.state import update_ema
 
 EXAMPLE_ROWS = "example_rows"  # optional batch entry: int32 [rows], each row's index in the global batch
 
@@ -96,7 +97,8 @@ def train_step(state, batch, rng, *, model, tx, task, micro_batches=1, axis_name
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": sums["loss"] / denom, "accuracy": sums["correct"] / denom, "tokens": sums["weight"],
              "grad_norm": optax.tree.norm(grads)}
-  return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+  return state.replace(params=params, opt_state=opt_state, step=state.step + 1,
+                       ema_params=update_ema(state, params)), metrics
 
 
 def eval_step(params, batch, *, model, task, axis_name=None):
