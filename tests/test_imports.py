@@ -107,3 +107,13 @@ def test_each_subpackage_imports_alone_in_a_fresh_interpreter():
            for p in packages}
   failed = {p: proc.communicate()[1].strip().splitlines()[-1:] for p, proc in procs.items() if proc.wait()}
   assert not failed, f"modules that do not import alone: {failed}"
+
+
+def test_lazy_package_names_resolve_and_the_step_imports_without_the_loop():
+  code = ("import sys, tfm.train.step, tfm.bench.step; "
+          "heavy = sorted(m for m in ('orbax', 'tensorboardX', 'sklearn', 'matplotlib') if m in sys.modules); "
+          "import tfm.data, tfm.train; "
+          "[getattr(p, n) for p in (tfm.data, tfm.train) for n in p.__all__]; print(heavy)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "[]"  # checkpoints, writers and baselines are the loop's, not the step's

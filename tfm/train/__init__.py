@@ -1,9 +1,22 @@
-"""Training: the loop (`train_and_evaluate`), steps, objectives, optimizer, checkpoints, writers."""
+"""Training: the loop (`train_and_evaluate`), steps, objectives, optimizer, checkpoints, writers.
 
-from tfm.train.loop import NonFiniteLossError, make_runtime, train_and_evaluate
-from tfm.train.objectives import TASKS, get_task
-from tfm.train.state import TrainState, create_train_state
-from tfm.train.step import eval_step, train_step
+The public names load their module on first use: the training step (tfm.train.step, .objectives,
+.optim, .state) imports without the loop's data, checkpoint and writer dependencies.
+"""
 
-__all__ = ["NonFiniteLossError", "TASKS", "TrainState", "create_train_state", "eval_step", "get_task",
-           "make_runtime", "train_and_evaluate", "train_step"]
+import importlib
+
+_HOMES = {
+    "NonFiniteLossError": "tfm.train.loop", "make_runtime": "tfm.train.loop", "train_and_evaluate": "tfm.train.loop",
+    "TASKS": "tfm.train.objectives", "get_task": "tfm.train.objectives",
+    "TrainState": "tfm.train.state", "create_train_state": "tfm.train.state",
+    "eval_step": "tfm.train.step", "train_step": "tfm.train.step",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name):
+  """Returns the public name `name` from its module (imported on first use)."""
+  if name in _HOMES:
+    return getattr(importlib.import_module(_HOMES[name]), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
