@@ -1,6 +1,6 @@
 """train.py end to end on 8 fake CPU devices, dropout 0.1 on: jit over mesh (data=4, fsdp=2) and pmap
 give the single-device run's train loss (summary.json) within 1e-4 and its parameters and optimizer
-state (the final checkpoints) within 1e-5 after the same steps; the mesh run's checkpoint then
+state and moving average (the final checkpoints) within 1e-5 after the same steps; the mesh run's checkpoint then
 resumes on one device.
 
 Each run is a separate `python train.py` process (the device count is fixed when JAX starts).
@@ -21,7 +21,8 @@ ARGS = ["--config", os.path.join(ROOT, "configs", "gpt_shakespeare_char.py"),
         "--config.data.seq_len=32", "--config.train.eval_batches=2", "--config.train.sample_tokens=0",
         "--config.train.progress=False", "--config.model_overrides.num_layers=1",
         "--config.model_overrides.d_model=64", "--config.model_overrides.d_ff=128",
-        "--config.model_overrides.dropout_rate=0.1"]  # the masks follow each example's global row: any topology
+        "--config.model_overrides.dropout_rate=0.1",  # the masks follow each example's global row: any topology
+        "--config.optimizer.ema_decay=0.9"]  # the moving average is sharded like the params and checkpointed
 
 
 def train(tmp_path, name: str, devices: int, *extra) -> dict:
@@ -57,7 +58,7 @@ def test_train_py_on_mesh_and_pmap_matches_single_device(tmp_path):
   for name in ("mesh", "pmap"):
     state = run_state(tmp_path / name)
     assert int(state["step"]) == int(ref["step"]) == 3
-    for part in ("params", "opt_state"):
+    for part in ("params", "opt_state", "ema_params"):
       assert max_diff(state[part], ref[part]) <= 1e-5, (name, part, max_diff(state[part], ref[part]))
   # The mesh run's checkpoint (step 3, written from 8 devices) resumes on one device for 2 more steps.
   resumed = train(tmp_path, "mesh", 1, "--config.train.steps=5")
