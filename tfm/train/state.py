@@ -33,7 +33,7 @@ def update_ema(state: TrainState, params) -> Any:
   """Returns the moving average after a step to `params` (None without one).
 
   The decay warms up as min(decay, (1 + t) / (10 + t)) at step t, so the average leaves the
-  initial params behind within the first few hundred steps instead of after 1 / (1 - decay).
+  initial params behind within tens of steps instead of after about 1 / (1 - decay).
   """
   if state.ema_params is None:
     return None
